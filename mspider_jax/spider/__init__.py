@@ -1,0 +1,1 @@
+"""Model Spider: task and PTM tokens, the ranker, ranking losses, training and two-stage re-ranking."""
