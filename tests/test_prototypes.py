@@ -12,7 +12,7 @@ def test_class_prototypes_are_class_means_even_in_small_chunks(rng):
     labels = rng.integers(0, 3, 50)
     protos, counts = class_prototypes(features, labels, chunk_size=7)
     for c in range(3):
-        np.testing.assert_allclose(protos[c], features[labels == c].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(protos[c], features[labels == c].astype(np.float64).mean(0), rtol=1e-6)
         assert counts[c] == (labels == c).sum()
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import pathlib
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def load_prototype_bank(path: str | os.PathLike) -> list[TaskPrototypes]:
                     task.per_model[parts[2]] = data[key].astype(np.float32)
                 else:
                     raise ValueError(f"unexpected key {key!r}")
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"corrupt prototype bank {path}: {err}") from err
     for task in tasks.values():
         if task.generic is None or task.counts is None:
