@@ -23,9 +23,14 @@ class MetricSpec:
     Attributes:
       name: registry name (lower case, e.g. "logme").
       fn: the metric function. Called as
-        `fn(*, labels, convention, key, <needed inputs>, **options)` with JAX/NumPy arrays already
-        validated (labels contiguous 0..C-1 for classification); returns a scalar (larger = more
-        transferable). `num_classes` (static int) is passed for classification.
+        `fn(*, labels, num_classes, convention, key, <needed inputs>, **options)` with JAX arrays
+        already validated (labels int32 contiguous 0..C-1 for classification; float [N, K] for
+        regression, where `num_classes` is None); returns a scalar (larger = more transferable), or
+        for zoo-relative metrics a vector of components. `num_classes`, `convention` and scalar
+        options are static; array options are traced. When `source_labels` is needed, fn also gets
+        `num_source_classes` (static) if its signature accepts it. `key` is a PRNG key for
+        randomized metrics (`jax.random.key(0)` when the caller gives none), else None or the
+        caller's key.
       needs: the inputs of `INPUTS` the metric requires.
       targets: supported target types (subset of `TARGET_TYPES`).
       conventions: conventions the metric distinguishes (all metrics accept both names; a metric
@@ -36,6 +41,16 @@ class MetricSpec:
         [M] scores.
       combine_zoo: see `is_zoo_relative`.
       paper: short citation shown in tables.
+      min_samples: smallest N accepted (checked before tracing; a clear ValueError below it).
+      min_classes: smallest number of distinct classes accepted (classification).
+      min_class_size: smallest per-class count accepted (2 by default: one-sample classes have no
+        spread; a metric with a documented guard may lower it).
+      check_inputs: optional extra host-side check `check_inputs(inputs, num_classes)` with `inputs`
+        the validated NumPy arrays by name (features, logits, labels, ...); raise ValueError.
+      label_statics: optional `label_statics(labels, num_classes) -> dict` computed on the host from
+        the validated labels and passed to `fn` as extra *static* keyword options (e.g. the largest
+        class size, for padded per-class blocks). Labels are shared by a zoo, so these are too.
+      jittable: False for a metric whose fn cannot be traced (it is then called eagerly, per model).
     """
 
     name: str
@@ -47,6 +62,12 @@ class MetricSpec:
     is_zoo_relative: bool = False
     combine_zoo: Callable[[Any], Any] | None = None
     paper: str = ""
+    min_samples: int = 2
+    min_classes: int = 2
+    min_class_size: int = 2
+    check_inputs: Callable[[dict[str, Any], int | None], None] | None = None
+    label_statics: Callable[[Any, int], dict[str, Any]] | None = None
+    jittable: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(INPUTS)

@@ -1,0 +1,357 @@
+"""The uniform entry points: `score` (one model), `score_components`, `score_zoo` (many models).
+
+Flow of one call:
+1. look the metric up (`get(name)`), check the convention and that every needed input is given;
+2. infer the target type from the labels (integer -> classification, float -> regression) and
+   check the metric supports it; validate on the host (shapes, finiteness, N, class sizes; labels
+   remapped to 0..C-1 with a warning);
+3. inside `precision_scope()` (float64 reductions where the backend has float64), call the metric's
+   jit-compiled fn: scalar options, `num_classes` and `convention` are static, arrays are traced.
+   One compiled function is cached per (metric, static options); jax adds its own shape cache.
+
+`score_zoo` stacks models of equal input shapes into one `vmap`-ed compiled call (`_model_groups`
+is the single place that decides the batches, so device sharding can be added there).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from mspider_jax.metrics import _linalg
+from mspider_jax.metrics import _validation as V
+from mspider_jax.metrics._registry import CONVENTIONS, MetricSpec, get
+
+# Inputs that differ per model in a zoo (stacked on a leading model axis); labels are shared.
+PER_MODEL_INPUTS = ("features", "logits", "source_features")
+
+_COMPILED: dict[tuple, Any] = {}
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _split_options(spec: MetricSpec, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Options -> (static hashable values, traced arrays). Unknown option names are a ValueError."""
+    try:
+        params = inspect.signature(spec.fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    static, traced = {}, {}
+    for option, value in options.items():
+        if params and not takes_any and option not in params:
+            known = sorted(
+                n for n, p in params.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in (*PER_MODEL_INPUTS, "labels", "source_labels", "num_classes", "num_source_classes", "convention", "key")
+            )
+            raise ValueError(f"{spec.name}: unknown option {option!r}; options: {', '.join(known) or '(none)'}")
+        if isinstance(value, (np.ndarray, jax.Array)):
+            traced[option] = value
+        else:
+            if isinstance(value, list):
+                value = tuple(value)
+            try:
+                hash(value)
+            except TypeError:
+                raise ValueError(f"{spec.name}: option {option!r} must be hashable or an array, got {type(value).__name__}") from None
+            static[option] = value
+    return static, traced
+
+
+class _Prepared:
+    """Validated shared inputs of one call (labels and everything that does not vary by model)."""
+
+    def __init__(self) -> None:
+        self.static: dict[str, Any] = {}
+        self.shared: dict[str, Any] = {}
+        self.n: int = 0
+
+
+def _prepare_shared(
+    spec: MetricSpec,
+    *,
+    labels: Any,
+    source_labels: Any,
+    convention: str,
+    key: Any,
+    options: dict[str, Any],
+    given: dict[str, bool],
+) -> _Prepared:
+    name = spec.name
+    if convention not in CONVENTIONS:
+        raise ValueError(f"{name}: convention must be one of {CONVENTIONS}, got {convention!r}")
+    if labels is None:
+        raise ValueError(f"{name}: input 'labels' is required")
+    for needed in sorted(spec.needs):
+        if not given.get(needed, False):
+            raise ValueError(f"{name}: input {needed!r} is required (this metric needs {', '.join(sorted(spec.needs))})")
+    target = V.infer_target_type(labels)
+    if target not in spec.targets:
+        raise ValueError(f"{name}: {target} targets are not supported (supported: {', '.join(sorted(spec.targets))}); labels dtype {np.asarray(labels).dtype}")
+
+    prepared = _Prepared()
+    if target == V.CLASSIFICATION:
+        y, num_classes, counts = V.remap_labels(labels, metric=name)
+        if num_classes < spec.min_classes:
+            raise ValueError(f"{name}: needs at least {spec.min_classes} classes, labels have {num_classes}")
+        V.check_class_sizes(name, counts, spec.min_class_size)
+    else:
+        y, num_classes = V.regression_targets(labels, metric=name), None
+    prepared.n = y.shape[0]
+    if prepared.n < spec.min_samples:
+        raise ValueError(f"{name}: needs at least {spec.min_samples} samples, got N={prepared.n}")
+    prepared.shared["labels"] = y
+    prepared.static["num_classes"] = num_classes
+    prepared.static["convention"] = convention
+
+    if "source_labels" in spec.needs:
+        ys, num_source, _ = V.remap_labels(source_labels, name="source_labels", metric=name)
+        prepared.shared["source_labels"] = ys
+        if _accepts(spec.fn, "num_source_classes"):
+            prepared.static["num_source_classes"] = num_source
+
+    if key is None and spec.is_randomized:
+        key = jax.random.key(0)
+    if key is None:
+        prepared.static["key"] = None
+    else:
+        prepared.shared["key"] = key
+
+    static, traced = _split_options(spec, options)
+    if spec.label_statics is not None and num_classes is not None:
+        static = {**spec.label_statics(y, num_classes), **static}
+    prepared.static.update(static)
+    prepared.shared.update(traced)
+    return prepared
+
+
+def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any], model: str = "") -> dict[str, np.ndarray]:
+    """Validates one model's per-model inputs (features, logits, source_features) -> arrays."""
+    where = f"{spec.name}{model}"
+    arrays = {}
+    for input_name in PER_MODEL_INPUTS:
+        if input_name not in spec.needs:
+            continue
+        x = V.as_float_array(input_name, inputs[input_name], ndim=2, metric=where)
+        if input_name != "source_features":
+            V.check_num_rows(where, input_name, x, prepared.n)
+        elif x.shape[0] != prepared.shared["source_labels"].shape[0]:
+            raise ValueError(f"{where}: source_features has {x.shape[0]} rows but source_labels have {prepared.shared['source_labels'].shape[0]}")
+        arrays[input_name] = x
+    if spec.check_inputs is not None:
+        spec.check_inputs({**arrays, **prepared.shared}, prepared.static["num_classes"])
+    return arrays
+
+
+def _compiled(spec: MetricSpec, static: dict[str, Any], traced_names: tuple[str, ...], batched: tuple[str, ...]) -> Any:
+    """The (cached) jitted callable `f(traced: dict) -> result` for one metric and static options.
+
+    With `batched` non-empty, the named traced inputs carry a leading model axis (vmap).
+    """
+    cache_key = (spec.name, id(spec.fn), tuple(sorted(static.items(), key=lambda kv: kv[0])), traced_names, batched)
+    fn = _COMPILED.get(cache_key)
+    if fn is not None:
+        return fn
+
+    def call(traced: dict[str, Any]) -> Any:
+        return spec.fn(**traced, **static)
+
+    if batched:
+        call = jax.vmap(call, in_axes=({n: (0 if n in batched else None) for n in traced_names},))
+    fn = jax.jit(call) if spec.jittable else call
+    _COMPILED[cache_key] = fn
+    return fn
+
+
+def _check_finite(spec: MetricSpec, values: np.ndarray, model: str = "") -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"{spec.name}{model}: the result is not finite ({values}); the inputs are degenerate for this metric "
+            "(e.g. constant features, a singular covariance, or too few samples per class)"
+        )
+
+
+def _evaluate(spec: MetricSpec, prepared: _Prepared, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    traced = {**prepared.shared, **arrays}
+    names = tuple(sorted(traced))
+    with _linalg.precision_scope():
+        fn = _compiled(spec, prepared.static, names, ())
+        out = np.asarray(jax.device_get(fn(traced)))
+    return out
+
+
+def score_components(
+    name: str,
+    *,
+    features: Any = None,
+    logits: Any = None,
+    labels: Any,
+    source_features: Any = None,
+    source_labels: Any = None,
+    convention: str = "paper",
+    key: Any = None,
+    **options: Any,
+) -> np.ndarray:
+    """The raw output of a metric for one model as a NumPy array (a scalar array, or for zoo-relative
+    metrics such as NCTI/ETran their per-model components [K]). Arguments as in `score`."""
+    spec = get(name)
+    inputs = {"features": features, "logits": logits, "source_features": source_features, "source_labels": source_labels}
+    prepared = _prepare_shared(
+        spec, labels=labels, source_labels=source_labels, convention=convention, key=key, options=options,
+        given={k: v is not None for k, v in inputs.items()},
+    )
+    arrays = _prepare_model(spec, prepared, inputs)
+    out = _evaluate(spec, prepared, arrays)
+    _check_finite(spec, out)
+    return out
+
+
+def score(
+    name: str,
+    *,
+    features: Any = None,
+    logits: Any = None,
+    labels: Any,
+    source_features: Any = None,
+    source_labels: Any = None,
+    convention: str = "paper",
+    key: Any = None,
+    **options: Any,
+) -> float:
+    """Transferability score of one model on one target task (larger = more transferable).
+
+    Args:
+      name: a registered metric (see `names()`).
+      features: [N, D] target features (penultimate layer), float32 or float64.
+      logits: [N, Cs] raw source-head logits (the metric applies softmax where its spec says so).
+      labels: [N] integer class labels (classification; any integer values, remapped to 0..C-1 with a
+        warning when not contiguous) or float targets [N] / [N, K] (regression).
+      source_features, source_labels: source-set inputs for metrics that need them (OTCE, PED).
+      convention: "paper" (the method as published, default) or "model_spider" (the benchmark code's
+        behaviour). Metrics whose two conventions coincide document it.
+      key: PRNG key for randomized metrics (default: `jax.random.key(0)`).
+      **options: metric-specific options (see each metric module's docstring).
+
+    Returns:
+      The score as a Python float.
+
+    Raises:
+      ValueError: unknown metric or convention, a missing or malformed input (shape, NaN/inf, too few
+        samples or classes), an unsupported target type, a zoo-relative metric (use `score_zoo`), or a
+        non-finite result on degenerate inputs.
+    """
+    spec = get(name)
+    if spec.is_zoo_relative:
+        raise ValueError(
+            f"{name} is only defined relative to a zoo of models: use score_zoo(...) for the scores, or "
+            "score_components(...) for one model's components"
+        )
+    out = score_components(
+        name, features=features, logits=logits, labels=labels, source_features=source_features,
+        source_labels=source_labels, convention=convention, key=key, **options,
+    )
+    if out.ndim != 0 and out.size != 1:
+        raise ValueError(f"{name}: expected a scalar from the metric, got shape {out.shape}")
+    return float(out.reshape(()))
+
+
+def _as_model_list(name: str, value: Any) -> list[Any] | None:
+    """A zoo input given as a list of arrays or as one stacked [M, ...] array -> list of arrays."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    array = np.asarray(value) if not isinstance(value, jax.Array) else value
+    if array.ndim != 3:
+        raise ValueError(f"score_zoo: {name} must be a list of [N, D] arrays or one [M, N, D] array, got shape {array.shape}")
+    return [array[m] for m in range(array.shape[0])]
+
+
+def _model_groups(per_model: list[dict[str, np.ndarray]]) -> list[list[int]]:
+    """Groups model indices whose per-model inputs have identical shapes and dtypes (one compiled,
+    vmapped call per group). The single place deciding the batches: a device mesh goes here."""
+    groups: dict[tuple, list[int]] = {}
+    for index, arrays in enumerate(per_model):
+        signature = tuple((k, v.shape, v.dtype.str) for k, v in sorted(arrays.items()))
+        groups.setdefault(signature, []).append(index)
+    return list(groups.values())
+
+
+def score_zoo(
+    name: str,
+    *,
+    features: Any = None,
+    labels: Any,
+    logits: Any = None,
+    source_features: Any = None,
+    source_labels: Any = None,
+    convention: str = "paper",
+    key: Any = None,
+    **options: Any,
+) -> np.ndarray:
+    """Scores M models of a zoo on one target task: -> [M] float64 (larger = more transferable).
+
+    `features`, `logits` and `source_features` are each a list of M per-model arrays or one stacked
+    [M, N, D] array; labels, source labels, key and options are shared. Models with equal input shapes
+    run in one `vmap`-ed, jit-compiled call; different feature dims form separate groups (no padding:
+    padding is not exact for most metrics). Results equal a loop of `score` calls (same key for every
+    model). Zoo-relative metrics (NCTI, ETran) combine their per-model components with the metric's
+    `combine_zoo`.
+    """
+    spec = get(name)
+    per_input = {k: _as_model_list(k, v) for k, v in (("features", features), ("logits", logits), ("source_features", source_features))}
+    lengths = {k: len(v) for k, v in per_input.items() if v is not None and k in spec.needs}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"score_zoo {name}: inputs disagree on the number of models: {lengths}")
+    num_models = next(iter(lengths.values()), 0)
+    given = {k: v is not None for k, v in per_input.items()} | {"source_labels": source_labels is not None}
+    prepared = _prepare_shared(
+        spec, labels=labels, source_labels=source_labels, convention=convention, key=key, options=options, given=given,
+    )
+    if num_models == 0:
+        raise ValueError(f"score_zoo {name}: no models given")
+    per_model = [
+        _prepare_model(spec, prepared, {k: (v[m] if v is not None else None) for k, v in per_input.items()}, model=f" (model {m})")
+        for m in range(num_models)
+    ]
+
+    results: list[np.ndarray | None] = [None] * num_models
+    for group in _model_groups(per_model):
+        batched = tuple(sorted(per_model[group[0]]))
+        stacked = {k: np.stack([per_model[m][k] for m in group]) for k in batched}
+        traced = {**prepared.shared, **stacked}
+        names = tuple(sorted(traced))
+        with _linalg.precision_scope():
+            fn = _compiled(spec, prepared.static, names, batched)
+            out = np.asarray(jax.device_get(fn(traced))) if spec.jittable else np.stack(
+                [np.asarray(spec.fn(**{**prepared.shared, **per_model[m]}, **prepared.static)) for m in group]
+            )
+        for position, m in enumerate(group):
+            results[m] = out[position]
+    values = np.stack(results).astype(np.float64)
+    for m in range(num_models):
+        _check_finite(spec, values[m], model=f" (model {m})")
+    if spec.is_zoo_relative:
+        with _linalg.precision_scope():
+            values = np.asarray(spec.combine_zoo(values), dtype=np.float64)
+    return values.reshape(num_models)
+
+
+def names_supporting(target: str) -> tuple[str, ...]:
+    """Registered metrics that support `target` ("classification" or "regression")."""
+    from mspider_jax.metrics._registry import registered_names
+
+    return tuple(n for n in registered_names() if target in get(n).targets)
+
+
+__all__: Sequence[str] = ("score", "score_components", "score_zoo", "names_supporting")

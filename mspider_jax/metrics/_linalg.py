@@ -1,0 +1,260 @@
+"""Numerics shared by the transferability metrics.
+
+Precision policy (the contract every metric documents in its own docstring):
+
+* The caller's features stay in their dtype (float32 from torch in practice). The O(N·D²) and
+  O(N·C·D) products (`gram`, `class_sums`) run in that dtype, on *centred* data and with
+  `Precision.HIGHEST` (so GPUs/TPUs do not silently drop to TF32/bfloat16 passes). Centring first
+  keeps the float32 rounding error relative to the spread of the data instead of its offset.
+* Everything downstream of those products (eigendecompositions, solves, log-determinants, the
+  scalar reductions where terms cancel) runs in `high_dtype()`: float64 when x64 is enabled.
+  `mspider_jax.metrics.score` enables x64 for the duration of the call (`precision_scope`) on
+  backends that have float64 (CPU, GPU), so the *default* call gets float64 reductions without the
+  caller setting a global flag. On TPU (no float64) `high_dtype()` is float32 and the metrics rely on
+  their stable reformulations alone.
+
+Shapes are documented per function: `x: [N, D]` samples by features, `labels: [N]` int in 0..C-1.
+All functions are pure, jit-able with static shapes and vmap-able.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Explicit matmul precision: on GPU/TPU the default float32 matmul may use TF32/bf16 passes, which
+# would lose the 1e-4 accuracy the metrics promise. On CPU this is a no-op.
+HIGHEST = lax.Precision.HIGHEST
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision helpers.
+
+
+@functools.cache
+def supports_float64() -> bool:
+    """True if the default backend computes in float64 (CPU and GPU do, TPU does not)."""
+    return jax.default_backend() != "tpu"
+
+
+@contextlib.contextmanager
+def precision_scope() -> Iterator[None]:
+    """Enables float64 (jax x64) inside the block where the backend supports it.
+
+    jit caches are keyed on the x64 flag, so a function compiled inside the scope is reused inside
+    later scopes and never leaks float64 into code outside it.
+    """
+    if supports_float64():
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def high_dtype() -> jnp.dtype:
+    """The dtype for sensitive reductions: float64 when x64 is enabled, else float32."""
+    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
+
+
+def compute_dtype(x: jax.Array) -> jnp.dtype:
+    """The dtype for the big products on `x`: its own float dtype, at least float32."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
+def to_high(x: jax.Array) -> jax.Array:
+    """Casts `x` to `high_dtype()`."""
+    return jnp.asarray(x).astype(high_dtype())
+
+
+def to_compute(x: jax.Array) -> jax.Array:
+    """Casts `x` to `compute_dtype(x)` (float16/bfloat16/int inputs become float32)."""
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x))
+
+
+def mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ b` at full precision of the operands' dtype (no TF32/bf16 passes on accelerators)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+# ------------------------------------------------------------------------------------------------
+# Labels and class statistics (matmul forms: no [N, C, ...] tensors beyond the one-hot).
+
+
+def one_hot(labels: jax.Array, num_classes: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """labels: [N] int in 0..C-1 -> [N, C] one-hot in `dtype`."""
+    return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+
+
+def class_counts(labels: jax.Array, num_classes: int, dtype: jnp.dtype | None = None) -> jax.Array:
+    """labels: [N] -> n_c: [C] (exact integer counts, returned in `dtype`, default high_dtype())."""
+    counts = jnp.zeros((num_classes,), jnp.int32).at[labels].add(1)
+    return counts.astype(high_dtype() if dtype is None else dtype)
+
+
+def class_sums(x: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """x: [N, D], labels: [N] -> S: [C, D] with S_c = sum of the rows of class c.
+
+    Computed as one_hot(y)ᵀ x in x's compute dtype (a matmul, fast on every backend).
+    """
+    x = to_compute(x)
+    return mm(one_hot(labels, num_classes, x.dtype).T, x)
+
+
+def class_means(
+    x: jax.Array, labels: jax.Array, num_classes: int
+) -> tuple[jax.Array, jax.Array]:
+    """x: [N, D] -> (means [C, D], counts [C]), both in high_dtype().
+
+    An empty class gets a zero mean (not NaN); callers that care mask it with `counts > 0`.
+    """
+    sums = to_high(class_sums(x, labels, num_classes))
+    counts = class_counts(labels, num_classes)
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+    return means, counts
+
+
+# ------------------------------------------------------------------------------------------------
+# Centring, Gram and covariance.
+
+
+def column_mean(x: jax.Array) -> jax.Array:
+    """x: [N, D] -> mean over rows [D], accumulated in high_dtype()."""
+    return jnp.mean(to_high(x), axis=0)
+
+
+def center(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x: [N, D] -> (z = x - mean in x's compute dtype [N, D], mean in high_dtype() [D]).
+
+    The mean is accumulated in high precision; the subtraction is rounded once to the compute dtype.
+    """
+    mean = column_mean(x)
+    z = (to_high(x) - mean).astype(compute_dtype(x))
+    return z, mean
+
+
+def gram(x: jax.Array) -> jax.Array:
+    """x: [N, D] -> xᵀx: [D, D] in high_dtype().
+
+    The product runs in x's compute dtype (float32 for float32 input: the O(N·D²) part); the result is
+    cast up and symmetrised so that eigh/cholesky downstream see an exactly symmetric matrix.
+    """
+    x = to_compute(x)
+    g = to_high(mm(x.T, x))
+    return 0.5 * (g + g.T)
+
+
+def centered_gram(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x: [N, D] -> ((x - x̄)ᵀ(x - x̄) [D, D], x̄ [D]), both in high_dtype()."""
+    z, mean = center(x)
+    return gram(z), mean
+
+
+def covariance(x: jax.Array, ddof: int = 1) -> jax.Array:
+    """x: [N, D] -> sample covariance [D, D] (normaliser N - ddof) in high_dtype()."""
+    g, _ = centered_gram(x)
+    return g / (x.shape[0] - ddof)
+
+
+def standardize(x: jax.Array, eps: float = 1e-8, ddof: int = 0) -> jax.Array:
+    """x: [N, D] -> (x - mean) / (std + eps) column-wise, in x's compute dtype.
+
+    Mean and std are accumulated in high_dtype(); a constant column becomes exactly 0.
+    """
+    xh = to_high(x)
+    mean = jnp.mean(xh, axis=0)
+    std = jnp.std(xh, axis=0, ddof=ddof)
+    return ((xh - mean) / (std + eps)).astype(compute_dtype(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Logs and small matrix functions (high precision).
+
+
+def safe_log(x: jax.Array, eps: float | None = None) -> jax.Array:
+    """log(x + eps) when `eps` is given (reference-style epsilon); otherwise log(x) for x > 0 and 0
+    where x <= 0, for terms that are multiplied by a zero weight there (J·log J, masked sums).
+    Never produces -inf/NaN in the eps=None form, so gradients and masked sums stay finite.
+    """
+    if eps is not None:
+        return jnp.log(x + eps)
+    positive = x > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def xlogx(x: jax.Array) -> jax.Array:
+    """x·log(x) with 0·log 0 = 0."""
+    return x * safe_log(x)
+
+
+def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric eigendecomposition in high_dtype(): a [D, D] -> (eigenvalues [D] ascending,
+    eigenvectors [D, D] as columns)."""
+    a = to_high(a)
+    return jnp.linalg.eigh(0.5 * (a + a.T))
+
+
+def eig_cutoff_mask(eigenvalues: jax.Array, rtol: float) -> jax.Array:
+    """Mask of the eigenvalues kept by a pseudo-inverse with relative cutoff `rtol`:
+    |λ| > rtol · max|λ| (the singular-value rule of numpy/jnp pinv for a symmetric matrix)."""
+    magnitude = jnp.abs(eigenvalues)
+    return magnitude > rtol * jnp.max(magnitude)
+
+
+def pinv_psd(a: jax.Array, rtol: float) -> jax.Array:
+    """Pseudo-inverse of a symmetric matrix a [D, D] via eigh, with an explicit relative cutoff.
+
+    Equals `numpy.linalg.pinv(a, rcond=rtol)` (singular values of a symmetric matrix are |λ|).
+    Always pass `rtol`: the library defaults differ between numpy and JAX.
+    """
+    lam, vecs = eigh(a)
+    keep = eig_cutoff_mask(lam, rtol)
+    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return (vecs * inv_lam) @ vecs.T
+
+
+def pinv(a: jax.Array, rtol: float) -> jax.Array:
+    """General SVD pseudo-inverse in high_dtype() with an explicit relative cutoff `rtol`."""
+    return jnp.linalg.pinv(to_high(a), rtol=rtol)
+
+
+def logdet_spd(a: jax.Array) -> jax.Array:
+    """log det of a symmetric positive definite a [..., D, D] via Cholesky, in high_dtype()."""
+    a = to_high(a)
+    chol = jnp.linalg.cholesky(0.5 * (a + jnp.swapaxes(a, -1, -2)))
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# PCA (exact, via eigh of the covariance; deterministic, unlike sklearn's randomized solver).
+
+
+def pca_eigh(x: jax.Array, ddof: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Exact PCA of x [N, D] through the eigendecomposition of its covariance.
+
+    Returns:
+      explained_variance: [D] covariance eigenvalues (normaliser N - ddof), *descending*, clipped at 0;
+      components: [D, D] matching eigenvectors as columns (sign arbitrary), high_dtype();
+      mean: [D] the column mean, high_dtype().
+    """
+    g, mean = centered_gram(x)
+    lam, vecs = eigh(g / (x.shape[0] - ddof))
+    return jnp.maximum(lam[::-1], 0.0), vecs[:, ::-1], mean
+
+
+def pca_project(x: jax.Array, num_components: int, ddof: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Projects x [N, D] on its top `num_components` principal axes (centred, no whitening).
+
+    Returns (projected [N, k] in high_dtype(), explained_variance [D] descending).
+    """
+    variance, components, mean = pca_eigh(x, ddof=ddof)
+    projected = mm(to_high(x) - mean, components[:, :num_components])
+    return projected, variance

@@ -1,0 +1,114 @@
+"""Host-side input checks for the metrics (NumPy, before anything is traced).
+
+Every problem is a `ValueError` that names the input and the metric; nothing is allowed to turn into
+a silent NaN later. Conventions:
+
+* target type: integer (or bool) labels [N] -> "classification"; float labels [N] or [N, K] ->
+  "regression" (a 1-D float target is reshaped to [N, 1]);
+* classification labels are remapped to contiguous 0..C-1 (sorted order of the original values),
+  with a `UserWarning` when the remap changes anything;
+* float inputs must be finite; features/logits keep their float dtype (float16/bfloat16 and integer
+  arrays become float32).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The `warnings.warn` stacklevel of the first frame outside mspider_jax/metrics (the caller)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def infer_target_type(labels: Any) -> str:
+    """Integer/bool labels -> "classification"; float labels -> "regression"."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iub":
+        return CLASSIFICATION
+    if labels.dtype.kind == "f":
+        return REGRESSION
+    raise ValueError(f"labels: expected an integer (classification) or float (regression) array, got dtype {labels.dtype}")
+
+
+def as_float_array(name: str, x: Any, *, ndim: int, metric: str = "") -> np.ndarray:
+    """Converts `x` to a finite float array with `ndim` dims (float32 unless already float32/64)."""
+    where = f"{metric}: " if metric else ""
+    if x is None:
+        raise ValueError(f"{where}input {name!r} is required")
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{where}{name}: expected a numeric array, got dtype {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    if x.ndim != ndim:
+        raise ValueError(f"{where}{name}: expected {ndim} dimensions, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{where}{name}: empty array of shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{where}{name}: contains {bad} non-finite values (NaN or inf)")
+    return x
+
+
+def remap_labels(labels: Any, *, name: str = "labels", metric: str = "") -> tuple[np.ndarray, int, np.ndarray]:
+    """Classification labels [N] -> (contiguous int32 labels 0..C-1, C, class counts [C]).
+
+    Warns (UserWarning) when the labels were not already 0..C-1 with every class present.
+    """
+    where = f"{metric}: " if metric else ""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{where}{name}: classification labels must be 1-D [N], got shape {labels.shape}")
+    if labels.size == 0:
+        raise ValueError(f"{where}{name}: empty")
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"{where}{name}: classification labels must be integers, got dtype {labels.dtype}")
+    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    num_classes = len(values)
+    if not np.array_equal(values, np.arange(num_classes)):
+        shown = values if num_classes <= 10 else f"{values[:5]} ... {values[-5:]}"
+        warnings.warn(
+            f"{where}{name} are not contiguous 0..{num_classes - 1} (values {shown}); remapped to 0..{num_classes - 1} in sorted order",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+    return inverse.reshape(-1).astype(np.int32), num_classes, counts
+
+
+def regression_targets(labels: Any, *, metric: str = "") -> np.ndarray:
+    """Float targets [N] or [N, K] -> finite float array [N, K]."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    return as_float_array("labels", labels, ndim=2, metric=metric)
+
+
+def check_num_rows(metric: str, name: str, x: np.ndarray, n: int) -> None:
+    if x.shape[0] != n:
+        raise ValueError(f"{metric}: {name} has {x.shape[0]} rows but labels have {n}")
+
+
+def check_class_sizes(metric: str, counts: np.ndarray, min_size: int, *, name: str = "labels") -> None:
+    """Every class must have at least `min_size` samples."""
+    small = np.flatnonzero(counts < min_size)
+    if small.size:
+        raise ValueError(
+            f"{metric}: {small.size} class(es) of {name} have fewer than {min_size} samples "
+            f"(remapped class ids {small[:10].tolist()}, counts {counts[small[:10]].tolist()}); "
+            "drop them or collect more samples"
+        )

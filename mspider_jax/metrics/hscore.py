@@ -1,0 +1,66 @@
+"""H-Score (Bao et al., "An Information-Theoretic Approach to Transferability in Task Transfer
+Learning", ICIP 2019).
+
+    H = tr( pinv(Σ_f) · Σ_g ),  Σ_f = cov(F),  Σ_g = cov(E[F | y])
+
+with both covariances normalised by N - 1 (spec §1). We use the equivalent class form
+    H = Σ_c n_c/(N-1) · d_cᵀ pinv(Σ_f) d_c,   d_c = μ_c - F̄,
+so Σ_g is never built. `pinv` keeps every eigenvalue above `rtol · max` with `rtol = 1e-15` like the
+reference's numpy `pinv(rcond=1e-15)` (essentially the inverse on the numerical range; a singular Σ_f
+with N <= D makes the score blow up there too).
+
+Conventions: "paper" and "model_spider" coincide (Model Spider implements the paper's definition).
+Invariant to a global rescaling of F and to permuting the labels. Classification only.
+
+Precision policy: F is centred (mean accumulated in float64), then FᵀF and the class sums run in the
+input dtype (float32 from torch: the O(N·D²) part); the eigendecomposition of Σ_f and the final
+quadratic forms run in float64 when available (`_linalg.precision_scope`).
+
+Complexity: O(N·D² + N·C·D + D³), memory O(D² + C·D).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mspider_jax.metrics import _linalg as L
+from mspider_jax.metrics._registry import MetricSpec, register
+
+PINV_RTOL = 1e-15
+
+
+def hscore(
+    *,
+    features: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    convention: str = "paper",
+    key: jax.Array | None = None,
+    rtol: float = PINV_RTOL,
+) -> jax.Array:
+    """H-Score of features [N, D] for labels [N] in 0..C-1 -> scalar >= 0 (larger is better)."""
+    del convention, key  # the conventions coincide; deterministic
+    n = features.shape[0]
+    z, _ = L.center(features)
+    cov = L.gram(z) / (n - 1)
+    counts = L.class_counts(labels, num_classes)
+    # Class sums of centred features = n_c (μ_c - F̄); empty classes give 0 and weigh 0.
+    deviations = L.to_high(L.class_sums(z, labels, num_classes)) / jnp.maximum(counts, 1.0)[:, None]
+    lam, vecs = L.eigh(cov)
+    keep = L.eig_cutoff_mask(lam, rtol)
+    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    projected = L.mm(deviations, vecs)  # [C, D] coordinates of d_c in the eigenbasis
+    quad = jnp.sum(projected**2 * inv_lam, axis=1)  # d_cᵀ pinv(Σ_f) d_c
+    return jnp.sum(counts * quad) / (n - 1)
+
+
+register(
+    MetricSpec(
+        name="hscore",
+        fn=hscore,
+        needs=frozenset({"features"}),
+        targets=frozenset({"classification"}),
+        paper="Bao et al., ICIP 2019",
+    )
+)
