@@ -20,9 +20,12 @@ Two forms of the correlation measures (`form=`), because the published numbers u
     `scipy.stats.weightedtau(accuracy, score, rank=None)` reproduces 69 of the 72 published
     baseline cells of Table 1 (spec §8.2).
   * ``"ranks"`` (the released Model Spider code's convention): both vectors are first turned into
-    integer ranks 0..M-1 (0 = worst). Ties in the truth are broken by `tie_break` (the published
-    integer labels `FTRank`: higher wins), then by position (earlier index ranks lower). Ties in
-    the scores are broken by position the same way. The two forms agree unless a vector has ties.
+    integer ranks (0 = worst). Ties in the truth are broken by `tie_break` (the published integer
+    labels `FTRank`, higher wins), so the truth becomes the code's label permutation. Ties that no
+    tie-break resolves (in the scores, or in the truth without `tie_break`) are *kept*: equal
+    values share a rank instead of being ordered by their position, which would be arbitrary.
+    Order-based measures (weighted tau, Kendall, Spearman) are then identical in both forms unless
+    `tie_break` resolves ties of the truth; Pearson r differs (values vs ranks).
 
 Weighted tau (Vigna 2015, as in scipy with rank=None): with importance ranks r_i given by the
 decreasing lexicographic order of (truth, scores) (the best true model has r = 0) and the
@@ -88,16 +91,17 @@ def _check_not_constant(truth: np.ndarray, scores: np.ndarray) -> None:
                          "a correlation is undefined")
 
 
-def ordinal_ranks(values, tie_break=None) -> np.ndarray:
-    """Integer ranks 0..M-1 with 0 = smallest value (= worst model); ties broken deterministically.
+def integer_ranks(values, tie_break=None) -> np.ndarray:
+    """Integer ranks with 0 = smallest value (= worst model); equal entries share a rank.
 
     Args:
       values: [M] numbers.
-      tie_break: optional [M]; among equal `values` the larger `tie_break` gets the larger rank.
-        Remaining ties go by position: the earlier index gets the smaller rank.
+      tie_break: optional [M]; among equal `values` the larger `tie_break` gets the larger rank
+        (e.g. the published FTRank labels, which break the ties of the accuracies).
 
     Returns:
-      [M] int64 permutation of 0..M-1.
+      [M] int64 "competition" ranks: an entry's rank is the number of entries strictly below it in
+      the order (value, then tie_break). Without remaining ties this is a permutation of 0..M-1.
     """
     values = _as_vector(values, "values")
     if tie_break is None:
@@ -107,9 +111,13 @@ def ordinal_ranks(values, tie_break=None) -> np.ndarray:
         if tie_break.shape != values.shape:
             raise ValueError(f"tie_break has {tie_break.shape[0]} entries, values {values.shape[0]}")
         keys = [tie_break, values]  # np.lexsort sorts by the LAST key first
-    order = np.lexsort(keys)  # stable: equal keys keep index order
+    order = np.lexsort(keys)
+    sorted_keys = np.stack([k[order] for k in keys], axis=1)                      # [M, K]
+    starts_group = np.ones(values.shape[0], dtype=bool)
+    starts_group[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
+    group_start = np.maximum.accumulate(np.where(starts_group, np.arange(values.shape[0]), 0))
     ranks = np.empty(values.shape[0], dtype=np.int64)
-    ranks[order] = np.arange(values.shape[0])
+    ranks[order] = group_start
     return ranks
 
 
@@ -119,8 +127,8 @@ def _apply_form(truth: np.ndarray, scores: np.ndarray, form: str, tie_break) -> 
         if tie_break is not None:
             raise ValueError('tie_break is only used with form="ranks"')
         return truth, scores
-    return (ordinal_ranks(truth, tie_break).astype(np.float64),
-            ordinal_ranks(scores).astype(np.float64))
+    return (integer_ranks(truth, tie_break).astype(np.float64),
+            integer_ranks(scores).astype(np.float64))
 
 
 def weighted_tau(truth, scores, *, form: str = "raw", tie_break=None) -> float:

@@ -141,7 +141,7 @@ def random_expected(truth, *, form: str = "raw", tie_break=None, n_samples: int 
     measures._check_form(form)
     if form == "raw" and tie_break is not None:
         raise ValueError('tie_break is only used with form="ranks"')
-    compared = truth if form == "raw" else measures.ordinal_ranks(truth, tie_break).astype(np.float64)
+    compared = truth if form == "raw" else measures.integer_ranks(truth, tie_break).astype(np.float64)
 
     if np.unique(compared).size == num_models:
         expected_tau = 0.0
