@@ -10,4 +10,5 @@ Register a new sub-command by adding its module name to COMMANDS (order = order 
 
 COMMANDS: tuple[str, ...] = (
     "info",
+    "table",
 )
