@@ -35,6 +35,13 @@ from mspider_jax.metrics._registry import MetricSpec, get, register, registered_
 # that engineers adding modules do not edit the same line.
 _METRIC_MODULES: tuple[str, ...] = (
     "hscore",
+    "leep",
+    "logme",
+    "nce",
+    "pactran",
+    "lfc",
+    "transrate",
+    "emms",
 )
 
 # The order of the metrics table (README, CLI output, benchmark). Registered names not listed here

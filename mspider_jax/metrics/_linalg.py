@@ -158,6 +158,46 @@ def centered_gram(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return gram(z), mean
 
 
+def uncentered_gram(x: jax.Array) -> jax.Array:
+    """x: [N, D] -> xᵀx [D, D] in high_dtype(), for metrics defined on *uncentred* features (LogME).
+
+    Computed from the centred z = x - m as zᵀz + (zᵀ1)mᵀ + m(1ᵀz) + N·m mᵀ: the float32 product only
+    sees the spread of the data, the (large) offset terms are added in high precision.
+    """
+    z, mean = center(x)
+    col_sum = jnp.sum(to_high(z), axis=0)  # ~0, kept so the identity is exact
+    cross = jnp.outer(col_sum, mean)
+    return gram(z) + cross + cross.T + x.shape[0] * jnp.outer(mean, mean)
+
+
+def uncentered_cross(x: jax.Array, t: jax.Array) -> jax.Array:
+    """x: [N, D], t: [N, K] -> xᵀt [D, K] in high_dtype(), computed on centred operands like
+    `uncentered_gram` (the O(N·D·K) product in x's compute dtype, offsets in high precision)."""
+    z, x_mean = center(x)
+    th = to_high(t)
+    t_mean = jnp.mean(th, axis=0)
+    u = (th - t_mean).astype(z.dtype)
+    z_sum = jnp.sum(to_high(z), axis=0)
+    u_sum = jnp.sum(to_high(u), axis=0)
+    n = x.shape[0]
+    return (
+        to_high(mm(z.T, u))
+        + jnp.outer(z_sum, t_mean)
+        + jnp.outer(x_mean, u_sum)
+        + n * jnp.outer(x_mean, t_mean)
+    )
+
+
+def uncentered_kernel(x: jax.Array) -> jax.Array:
+    """x: [N, D] -> x xᵀ [N, N] in high_dtype() (for N <= D), from centred z as
+    z zᵀ + a1ᵀ + 1aᵀ + ‖m‖²·11ᵀ with a = z m."""
+    z, mean = center(x)
+    k = to_high(mm(z, z.T))
+    a = to_high(z) @ mean
+    k = k + a[:, None] + a[None, :] + jnp.sum(mean**2)
+    return 0.5 * (k + k.T)
+
+
 def covariance(x: jax.Array, ddof: int = 1) -> jax.Array:
     """x: [N, D] -> sample covariance [D, D] (normaliser N - ddof) in high_dtype()."""
     g, _ = centered_gram(x)
