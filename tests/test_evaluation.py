@@ -49,7 +49,8 @@ def test_weighted_tau_three_items_by_hand():
 
 
 def test_weighted_tau_with_truth_ties_by_hand():
-    # truth ties models 0 and 1; importance by (truth, score) desc: 1, 0, 2, 3 -> h = 1/2, 1, 1/3, 1/4.
+    # truth ties models 0 and 1; importance by (truth, score) desc: 1, 0, 2, 3,
+    # so h = 1/2, 1, 1/3, 1/4 for models 0..3.
     # Numerator -25/12; x-norm 57/12 (the tied pair, weight 3/2, is left out); y-norm 75/12.
     truth, scores = [2, 2, 1, 0], [0.1, 0.3, 0.2, 0.4]
     assert ev.weighted_tau(truth, scores) == pytest.approx(-25 / math.sqrt(57 * 75), abs=1e-12)
@@ -101,7 +102,8 @@ def test_ranks_form_uses_tie_broken_permutation(rng):
 
 def test_integer_ranks_by_hand():
     np.testing.assert_array_equal(ev.integer_ranks([3, 1, 3, 2]), [2, 0, 2, 1])
-    np.testing.assert_array_equal(ev.integer_ranks([3, 1, 3, 2], tie_break=[0, 0, 1, 0]), [2, 0, 3, 1])
+    np.testing.assert_array_equal(ev.integer_ranks([3, 1, 3, 2], tie_break=[0, 0, 1, 0]),
+                                  [2, 0, 3, 1])
 
 
 @pytest.mark.parametrize("truth,scores,match", [
@@ -170,7 +172,8 @@ def test_evaluate_task_drops_missing_truth_and_masked_models():
     assert result["weighted_tau"] == pytest.approx(-6 / 11, abs=1e-12)
     assert result["top1_hit"] == 0.0 and result["top3_hit"] == 1.0
     assert result["regret"] == pytest.approx(1.0)        # picked truth 2 instead of 3
-    masked = ev.evaluate_task([9, 3, 2, 1], [100, 1, 3, 2], mask=np.array([False, True, True, True]))
+    keep = np.array([False, True, True, True])
+    masked = ev.evaluate_task([9, 3, 2, 1], [100, 1, 3, 2], mask=keep)
     assert masked == result
 
 
@@ -219,7 +222,8 @@ def test_constant_prior_by_hand():
 def test_random_expected_matches_enumeration():
     truth = np.array([3.0, 3.0, 1.0, 2.0, 0.0])        # a tie for the best
     permutations = [np.array(p, dtype=float) for p in itertools.permutations(range(5))]
-    enumerated = {m: np.mean([ev.evaluate_task(truth, p)[m] for p in permutations]) for m in ev.MEASURES}
+    results = [ev.evaluate_task(truth, p) for p in permutations]
+    enumerated = {m: np.mean([r[m] for r in results]) for m in ev.MEASURES}
     expected = ev.random_expected(truth)
     assert expected["top1_hit"] == pytest.approx(2 / 5) == pytest.approx(enumerated["top1_hit"])
     assert expected["top3_hit"] == pytest.approx(enumerated["top3_hit"])
@@ -251,9 +255,11 @@ def _records():
 def test_results_table_values_and_markdown(tmp_path):
     scores, truth = _records()
     table = ev.results_table(scores, truth, reference_priors={"prior": {"m1": 0, "m2": 2, "m3": 1}})
-    assert table.rows == ("good", "bad", "prior", "constant prior (other datasets)", "random (expected)")
+    assert table.rows == (
+        "good", "bad", "prior", "constant prior (other datasets)", "random (expected)")
     assert table.datasets == ("A", "B") and table.num_references == 3
-    assert table.value("good", "A") == pytest.approx(1.0) and table.value("bad", "B") == pytest.approx(-1.0)
+    assert table.value("good", "A") == pytest.approx(1.0)
+    assert table.value("bad", "B") == pytest.approx(-1.0)
     prior_a = scipy.stats.weightedtau([80, 90, 85], [0, 2, 1], rank=None).statistic
     prior_b = scipy.stats.weightedtau([70, 60, 75], [0, 2, 1], rank=None).statistic
     assert table.value("prior", "Mean") == pytest.approx((prior_a + prior_b) / 2)
@@ -262,13 +268,15 @@ def test_results_table_values_and_markdown(tmp_path):
     assert table.value("constant prior (other datasets)", "A") == pytest.approx(loo_a)
     assert table.best()[0].all() and not table.best()[1].any()
     markdown = table.to_markdown()
-    assert "| good | **1.000** | **1.000** | **1.000** |" in markdown and "*random (expected)*" in markdown
+    assert "| good | **1.000** | **1.000** | **1.000** |" in markdown
+    assert "*random (expected)*" in markdown
     path = table.to_csv(tmp_path / "t.csv")
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == list(table.rows)
     assert float(rows[1]["B"]) == pytest.approx(-1.0) and rows[2]["kind"] == "reference"
-    regret = ev.results_table(scores, truth, measure="regret", loo_prior=False, include_random=False)
+    regret = ev.results_table(scores, truth, measure="regret", loo_prior=False,
+                              include_random=False)
     assert regret.value("bad", "A") == pytest.approx(10.0) and regret.best()[0].all()
 
 
@@ -371,7 +379,8 @@ def test_known_answers_raw_convention():
     # A perfect copy of FTRank scores 1 in the code's convention, less under the raw one (§8.2).
     ftrank = pub.single_source_ftrank()
     for dataset, raw in (("Cars", 0.967), ("CIFAR10", 0.986), ("SUN397", 0.991)):
-        assert ev.weighted_tau(accuracy.row(dataset), ftrank.row(dataset)) == pytest.approx(raw, abs=5e-4)
+        raw_value = ev.weighted_tau(accuracy.row(dataset), ftrank.row(dataset))
+        assert raw_value == pytest.approx(raw, abs=5e-4)
         assert ev.weighted_tau(accuracy.row(dataset), ftrank.row(dataset), form="ranks",
                                tie_break=ftrank.row(dataset)) == pytest.approx(1.0)
 

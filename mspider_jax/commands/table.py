@@ -1,4 +1,4 @@
-"""`mspider table`: a results table (methods x datasets) from a scores CSV and a ground-truth CSV."""
+"""`mspider table`: a results table (methods x datasets) from scores and ground-truth CSVs."""
 
 import argparse
 import sys
@@ -19,13 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="raw values with ties (published baselines) or integer ranks "
                              "(released Model Spider code)")
     parser.add_argument("--tie-break", default=None,
-                        help='with --form ranks: CSV dataset, model, <value> breaking ties of the truth '
-                             "(e.g. data/published/single_source_ftrank.csv)")
+                        help="with --form ranks: CSV dataset, model, <value> breaking ties of "
+                             "the truth (e.g. data/published/single_source_ftrank.csv)")
     parser.add_argument("--measure", default="weighted_tau",
                         choices=("weighted_tau", "kendall_tau", "spearman_rho", "pearson_r",
                                  "top1_hit", "top3_hit", "regret"))
     parser.add_argument("--priors", default=None,
-                        help="CSV model, <prior>, ...: task-agnostic scores shown as reference rows")
+                        help="CSV model, <prior>, ...: task-agnostic scores shown as reference "
+                             "rows")
     parser.add_argument("--no-loo-prior", action="store_true",
                         help="omit the constant prior fitted on the other datasets")
     parser.add_argument("--no-random", action="store_true", help="omit the random-ranking row")
@@ -50,7 +51,8 @@ def _read_priors(path: str) -> dict[str, dict[str, float]]:
         if model in priors[names[0]]:
             raise ValueError(f"{path}:{line_number}: duplicate model {model!r}")
         for name in names:
-            priors[name][model] = _io.parse_float(fields[name], f"{path}:{line_number} column {name!r}")
+            where = f"{path}:{line_number} column {name!r}"
+            priors[name][model] = _io.parse_float(fields[name], where)
     return priors
 
 

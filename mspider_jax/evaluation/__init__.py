@@ -13,7 +13,8 @@ Public API:
   integer_ranks(values, tie_break=None) -> [M] int
   aggregate(values, *, n_boot=2000, confidence=0.95, seed=0) -> Summary(mean, low, high, n)
   constant_prior(train_truth [T, M]) -> [M];  random_expected(truth, ...) -> dict
-  results_table(scores, truth, ...) -> Table (.to_markdown(), .to_csv(path)); plot_heatmap(table, path)
+  results_table(scores, truth, ...) -> Table (.to_markdown(), .to_csv(path))
+  plot_heatmap(table, path)
   read_scores_csv(path), read_truth_csv(path), write_table_files(table, prefix)
   published: loaders of the numbers released with Model Spider (data/published/).
 """

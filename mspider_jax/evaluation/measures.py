@@ -72,7 +72,8 @@ def _check_pair(truth, scores) -> tuple[np.ndarray, np.ndarray]:
     truth = _as_vector(truth, "truth")
     scores = _as_vector(scores, "scores")
     if truth.shape != scores.shape:
-        raise ValueError(f"truth and scores differ in length: {truth.shape[0]} vs {scores.shape[0]}")
+        raise ValueError(
+            f"truth and scores differ in length: {truth.shape[0]} vs {scores.shape[0]}")
     if truth.shape[0] < 2:
         raise ValueError(f"a ranking needs at least 2 models, got {truth.shape[0]}")
     return truth, scores
@@ -85,7 +86,8 @@ def _check_form(form: str) -> None:
 
 def _check_not_constant(truth: np.ndarray, scores: np.ndarray) -> None:
     if np.all(truth == truth[0]):
-        raise ValueError("truth is constant: every model performs the same, a correlation is undefined")
+        raise ValueError(
+            "truth is constant: every model performs the same, a correlation is undefined")
     if np.all(scores == scores[0]):
         raise ValueError("scores are constant: the method does not order the models, "
                          "a correlation is undefined")
@@ -109,7 +111,8 @@ def integer_ranks(values, tie_break=None) -> np.ndarray:
     else:
         tie_break = _as_vector(tie_break, "tie_break")
         if tie_break.shape != values.shape:
-            raise ValueError(f"tie_break has {tie_break.shape[0]} entries, values {values.shape[0]}")
+            raise ValueError(
+                f"tie_break has {tie_break.shape[0]} entries, values {values.shape[0]}")
         keys = [tie_break, values]  # np.lexsort sorts by the LAST key first
     order = np.lexsort(keys)
     sorted_keys = np.stack([k[order] for k in keys], axis=1)                      # [M, K]
@@ -121,7 +124,8 @@ def integer_ranks(values, tie_break=None) -> np.ndarray:
     return ranks
 
 
-def _apply_form(truth: np.ndarray, scores: np.ndarray, form: str, tie_break) -> tuple[np.ndarray, np.ndarray]:
+def _apply_form(truth: np.ndarray, scores: np.ndarray, form: str,
+                tie_break) -> tuple[np.ndarray, np.ndarray]:
     _check_form(form)
     if form == "raw":
         if tie_break is not None:
@@ -263,10 +267,12 @@ def evaluate_task(truth, scores, *, mask=None, form: str = "raw", tie_break=None
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype != bool or mask.shape != truth.shape:
-            raise ValueError(f"mask must be a bool [M] vector, got dtype {mask.dtype} shape {mask.shape}")
+            raise ValueError(
+                f"mask must be a bool [M] vector, got dtype {mask.dtype} shape {mask.shape}")
         keep &= mask
     if keep.sum() < 2:
-        raise ValueError(f"a ranking needs at least 2 models with ground truth, got {int(keep.sum())}")
+        raise ValueError(
+            f"a ranking needs at least 2 models with ground truth, got {int(keep.sum())}")
     kept_names = None if names is None else [n for n, k in zip(names, keep) if k]
     truth = truth[keep]
     scores = _as_vector(scores[keep], "scores", names=kept_names)

@@ -39,7 +39,8 @@ def constant_prior(train_truth) -> np.ndarray:
     """
     train_truth = np.asarray(train_truth, dtype=np.float64)
     if train_truth.ndim != 2 or train_truth.shape[0] == 0:
-        raise ValueError(f"train_truth must be a non-empty [T, M] matrix, got shape {train_truth.shape}")
+        raise ValueError(
+            f"train_truth must be a non-empty [T, M] matrix, got shape {train_truth.shape}")
     if np.any(np.isinf(train_truth)):
         raise ValueError("train_truth contains inf; use NaN for missing entries")
     num_tasks, num_models = train_truth.shape
@@ -141,7 +142,8 @@ def random_expected(truth, *, form: str = "raw", tie_break=None, n_samples: int 
     measures._check_form(form)
     if form == "raw" and tie_break is not None:
         raise ValueError('tie_break is only used with form="ranks"')
-    compared = truth if form == "raw" else measures.integer_ranks(truth, tie_break).astype(np.float64)
+    compared = (truth if form == "raw"
+                else measures.integer_ranks(truth, tie_break).astype(np.float64))
 
     if np.unique(compared).size == num_models:
         expected_tau = 0.0
@@ -152,7 +154,8 @@ def random_expected(truth, *, form: str = "raw", tie_break=None, n_samples: int 
         total, chunk = 0.0, 2048
         for start in range(0, n_samples, chunk):
             size = min(chunk, n_samples - start)
-            permutations = rng.permuted(np.tile(np.arange(num_models, dtype=np.float64), (size, 1)), axis=1)
+            identity = np.tile(np.arange(num_models, dtype=np.float64), (size, 1))
+            permutations = rng.permuted(identity, axis=1)
             total += weighted_tau_batch(compared, permutations).sum()
         expected_tau = total / n_samples
 

@@ -1,4 +1,4 @@
-"""Loaders of the numbers published with Model Spider (files in `data/published/`, see data/README.md).
+"""Loaders of the numbers published with Model Spider (`data/published/`, see data/README.md).
 
 Source: zhangyikaii/Model-Spider @ d2a53e4 (Zhang et al., NeurIPS 2023), exported as CSV files.
 Everything is returned as a `ZooTable`: values [R, M] of M models on R rows (datasets or training
@@ -66,7 +66,8 @@ class ZooTable:
         except ValueError:
             raise ValueError(f"unknown row {name!r}; known: {list(self.rows)}") from None
 
-    def select(self, rows: Sequence[str] | None = None, models: Sequence[str] | None = None) -> "ZooTable":
+    def select(self, rows: Sequence[str] | None = None,
+               models: Sequence[str] | None = None) -> "ZooTable":
         """The sub-table of the given rows and models (in the given order)."""
         rows = tuple(self.rows if rows is None else rows)
         models = tuple(self.models if models is None else models)
@@ -166,7 +167,7 @@ def multi_source_models() -> tuple[str, ...]:
 
 
 def multi_source_accuracy(*, all66: bool = False) -> ZooTable:
-    """Fine-tuning accuracy of the multi-source zoo on 7 datasets: 42 models (or all 66 candidates)."""
+    """Fine-tuning accuracy of the multi-source zoo on 7 datasets: 42 models (or all 66)."""
     if all66:
         return read_zoo_table(published_dir() / "multi_source_finetune_all66_raw.csv",
                               row_column="dataset", value_column="accuracy")
@@ -225,7 +226,7 @@ def training_task_classes() -> dict[str, list[tuple[str, int]]]:
 
 
 def imagenet_top1() -> dict[str, float]:
-    """ImageNet-1k top-1 accuracy of the single-source models (torchvision IMAGENET1K_V1 weights)."""
+    """ImageNet-1k top-1 accuracy of the single-source models (torchvision IMAGENET1K_V1)."""
     path = published_dir() / "imagenet_top1_single_source.csv"
     _, lines = _io.read_csv_rows(path)
     top1 = {fields["model"]: _io.parse_float(fields["imagenet_top1"], f"{path}:{line_number}")

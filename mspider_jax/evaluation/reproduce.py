@@ -85,8 +85,8 @@ def compare_with_published(table: tb.Table, published: Mapping[str, Mapping[str,
         if recomputed != published_mean:
             reason = "unexplained"
         elif differing:
-            reason = (f"follows from the differing {', '.join(differing)} cell(s): with the published "
-                      f"value(s) there, the mean of the 3-decimal cells is {recomputed}")
+            reason = (f"follows from the differing {', '.join(differing)} cell(s): with the "
+                      f"published value(s) there, the mean of the 3-decimal cells is {recomputed}")
         else:
             mean_of_rounded = sum(ours_cells.values()) / len(ours_cells)
             reason = (f"rounding: the published Mean is the mean of the 3-decimal cells "
@@ -115,8 +115,8 @@ def reference_priors() -> dict[str, dict[str, float]]:
 
 
 def _differences_markdown(differences: Sequence[CellDifference], num_cells: int) -> str:
-    lines = [f"{num_cells - len(differences)} of {num_cells} cells (9 baselines x 8 datasets + Mean) "
-             "equal the published Table 1 at 3 decimals. Differing cells:", "",
+    lines = [f"{num_cells - len(differences)} of {num_cells} cells (9 baselines x 8 datasets + "
+             "Mean) equal the published Table 1 at 3 decimals. Differing cells:", "",
              "| method | dataset | ours | published | reason |", "|---|---|---:|---:|---|"]
     lines += [f"| {d.method} | {d.dataset} | {d.ours:.3f} | {d.published:.3f} | {d.reason} |"
               for d in differences]
@@ -125,7 +125,7 @@ def _differences_markdown(differences: Sequence[CellDifference], num_cells: int)
 
 def reproduce_single_source(out_prefix: str | os.PathLike = "results/single_source_published", *,
                             verbose: bool = True) -> tuple[tb.Table, list[CellDifference]]:
-    """Recomputes the baseline rows of Table 1, compares them and writes `<out_prefix>.{md,csv,png}`.
+    """Recomputes the baseline rows of Table 1, compares them, writes `<out_prefix>.{md,csv,png}`.
 
     Returns:
       (the raw-form table, the cells that differ from the published table).
@@ -152,12 +152,14 @@ def reproduce_single_source(out_prefix: str | os.PathLike = "results/single_sour
         _differences_markdown(differences, len(methods) * (len(datasets) + 1)),
         "## Notes",
         "",
-        f"* PACTran (`PACTranDirichlet`) is used as stored: mean {table.value('PACTranDirichlet', MEAN):.3f}"
-        f" (published {published['PACTranDirichlet'][MEAN]:.3f}). Negating the stored column gives "
-        f"{negated_mean:.3f}, so the CSV already holds the benchmark's negated (higher = better) value.",
+        "* PACTran (`PACTranDirichlet`) is used as stored: mean "
+        f"{table.value('PACTranDirichlet', MEAN):.3f} (published "
+        f"{published['PACTranDirichlet'][MEAN]:.3f}). Negating the stored column gives "
+        f"{negated_mean:.3f}, so the CSV already holds the benchmark's negated (higher = better) "
+        "value.",
         f"* Model Spider (published, code convention = form \"ranks\"): mean {spider[MEAN]:.3f} "
-        f"({', '.join(f'{d} {spider[d]:.3f}' for d in datasets)}). It needs a trained ranker and is "
-        "not recomputed here.",
+        f"({', '.join(f'{d} {spider[d]:.3f}' for d in datasets)}). It needs a trained ranker and "
+        "is not recomputed here.",
         "* Reference rows ignore the target task. The mean-rank prior averages the normalised "
         "FTRank labels of the 13 default training tasks; the most common training label is "
         f"{tuple(int(v) for v in most_common_training_label())}; \"other datasets\" fits the same "

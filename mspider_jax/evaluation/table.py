@@ -101,7 +101,8 @@ class Table:
             cells = list(self.values[i]) + [self.summaries[i].mean]
             text = [f"**{v:.{digits}f}**" if best[i, j] else f"{v:.{digits}f}"
                     for j, v in enumerate(cells)]
-            interval = f"[{self.summaries[i].low:.{digits - 1}f}, {self.summaries[i].high:.{digits - 1}f}]"
+            low, high = self.summaries[i].low, self.summaries[i].high
+            interval = f"[{low:.{digits - 1}f}, {high:.{digits - 1}f}]"
             name = f"*{row}*" if self.is_reference[i] else row
             lines.append(f"| {name} | " + " | ".join(text) + f" | {interval} |")
         direction = "higher" if measures.HIGHER_IS_BETTER[self.measure] else "lower"
@@ -124,7 +125,8 @@ class Table:
         return _io.write_csv_atomic(path, header, rows)
 
 
-def _table_from_records(records: Sequence[Mapping], value_keys: Sequence[str], what: str) -> dict[str, Nested]:
+def _table_from_records(records: Sequence[Mapping], value_keys: Sequence[str],
+                        what: str) -> dict[str, Nested]:
     """{value_key: {dataset: {model: value}}} from records, validating every record."""
     nested: dict[str, Nested] = {key: {} for key in value_keys}
     seen: dict[tuple[str, str], int] = {}
@@ -144,8 +146,8 @@ def _table_from_records(records: Sequence[Mapping], value_keys: Sequence[str], w
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: {record[key]!r} is not a number") from None
             if not np.isfinite(value):
-                raise ValueError(f"{where}: value {value} is not finite (NaN/inf not allowed; leave "
-                                 "the model out of both inputs instead)")
+                raise ValueError(f"{where}: value {value} is not finite (NaN/inf not allowed; "
+                                 "leave the model out of both inputs instead)")
             nested[key].setdefault(dataset, {})[model] = value
     return nested
 
@@ -164,8 +166,9 @@ def _keyed_csv(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
                              f"{key[1]!r} (first at line {seen[key]})")
         seen[key] = line_number
         for column in value_columns:
-            record[column] = _io.parse_float(fields[column], f"{path}:{line_number} column {column!r}"
-                                             f" (dataset {key[0]!r}, model {key[1]!r})")
+            where = (f"{path}:{line_number} column {column!r} (dataset {key[0]!r}, "
+                     f"model {key[1]!r})")
+            record[column] = _io.parse_float(fields[column], where)
         records.append(record)
     return value_columns, records
 
@@ -286,8 +289,8 @@ def results_table(scores, truth, *, methods: Sequence[str] | None = None,
                 raise ValueError(f"dataset {dataset!r}, model {no_score[0]!r}: ground truth but no "
                                  f"{method!r} score (missing model in the scores)")
             if no_truth:
-                raise ValueError(f"dataset {dataset!r}, model {no_truth[0]!r}: {method!r} score but "
-                                 "no ground truth (missing model in the truth)")
+                raise ValueError(f"dataset {dataset!r}, model {no_truth[0]!r}: {method!r} score "
+                                 "but no ground truth (missing model in the truth)")
         if tie_table is not None:
             missing = [m for m in models if m not in tie_table.get(dataset, {})]
             if missing:
@@ -297,14 +300,16 @@ def results_table(scores, truth, *, methods: Sequence[str] | None = None,
     def evaluate(dataset: str, score_of: Mapping[str, float], row: str) -> float:
         models = models_of[dataset]
         truth_vector = np.array([truth_table[dataset][m] for m in models])
-        tie_vector = None if tie_table is None else np.array([tie_table[dataset][m] for m in models])
+        tie_vector = (None if tie_table is None
+                      else np.array([tie_table[dataset][m] for m in models]))
         missing = [m for m in models if m not in score_of]
         if missing:
-            raise ValueError(f"row {row!r}: no score for model {missing[0]!r} of dataset {dataset!r}")
+            raise ValueError(
+                f"row {row!r}: no score for model {missing[0]!r} of dataset {dataset!r}")
         score_vector = np.array([score_of[m] for m in models])
         try:
-            return measures.evaluate_task(truth_vector, score_vector, form=form, tie_break=tie_vector,
-                                          names=models)[measure]
+            return measures.evaluate_task(truth_vector, score_vector, form=form,
+                                          tie_break=tie_vector, names=models)[measure]
         except ValueError as err:
             raise ValueError(f"row {row!r}, dataset {dataset!r}: {err}") from err
 
@@ -323,7 +328,8 @@ def results_table(scores, truth, *, methods: Sequence[str] | None = None,
         row = []
         for dataset in datasets:
             models = models_of[dataset]
-            others = [[truth_table[o].get(m, np.nan) for m in models] for o in datasets if o != dataset]
+            others = [[truth_table[o].get(m, np.nan) for m in models]
+                      for o in datasets if o != dataset]
             try:
                 prior_scores = priors.constant_prior(np.array(others))
             except ValueError as err:
@@ -342,7 +348,8 @@ def results_table(scores, truth, *, methods: Sequence[str] | None = None,
         values.append(row)
 
     values_array = np.array(values, dtype=np.float64)
-    summaries = tuple(aggregate(v, n_boot=n_boot, confidence=confidence, seed=seed) for v in values_array)
+    summaries = tuple(aggregate(v, n_boot=n_boot, confidence=confidence, seed=seed)
+                      for v in values_array)
     return Table(measure=measure, form=form, rows=tuple(rows), datasets=tuple(datasets),
                  values=values_array, summaries=summaries,
                  num_references=len(rows) - len(methods), confidence=confidence)
@@ -382,9 +389,11 @@ def plot_heatmap(table: Table, path: str | os.PathLike, *, title: str | None = N
             shade = norm(grid[i, j])
             dark = shade < 0.2 or shade > 0.8 if is_correlation else shade < 0.35
             ax.text(j, i, f"{grid[i, j]:.{digits}f}", ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black", fontweight="bold" if best[i, j] else "normal")
+                    color="white" if dark else "black",
+                    fontweight="bold" if best[i, j] else "normal")
             if best[i, j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.8))
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
+                                       lw=1.8))
     ax.set_xticks(range(num_columns), columns, rotation=30, ha="right", fontsize=9)
     ax.set_yticks(range(num_rows), table.rows, fontsize=9)
     for label, reference in zip(ax.get_yticklabels(), table.is_reference):
@@ -393,7 +402,8 @@ def plot_heatmap(table: Table, path: str | os.PathLike, *, title: str | None = N
     if table.num_references and table.num_references < num_rows:
         ax.axhline(num_rows - table.num_references - 0.5, color="black", lw=1.5)
     ax.axvline(num_columns - 1.5, color="black", lw=1.5)
-    ax.set_title(title or f"{table.measure} (form={table.form}); boxed = best per column", fontsize=10)
+    ax.set_title(title or f"{table.measure} (form={table.form}); boxed = best per column",
+                 fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
 
