@@ -322,7 +322,11 @@ class ModelEntry:
         has_aux = any(key.startswith(prefix + ".") for key in state
                       for prefix in _AUX_MODULES.get(self.architecture, ()))
         model = _torchvision_skeleton(self.architecture, num_classes, has_aux, self.arch_kwargs)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"{self.name}: {path} does not fit torchvision {self.architecture} "
+                             f"({err})") from err
         if missing or unexpected:
             raise ValueError(f"{self.name}: {path} does not fit torchvision {self.architecture} "
                              f"(missing keys {missing[:5]}..., unexpected {unexpected[:5]}...)")

@@ -10,5 +10,6 @@ Register a new sub-command by adding its module name to COMMANDS (order = order 
 
 COMMANDS: tuple[str, ...] = (
     "info",
+    "extract",
     "table",
 )
