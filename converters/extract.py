@@ -131,7 +131,7 @@ class FolderSource(DatasetSource):
     """Images in class sub-folders: <root>/[<split>/]<class>/<image>; classes in sorted name order."""
 
     def __init__(self, root: str | os.PathLike, split: str):
-        root = pathlib.Path(root).expanduser()
+        root = pathlib.Path(root).expanduser().resolve()
         if (root / split).is_dir():
             root = root / split
         if not root.is_dir():
@@ -170,7 +170,7 @@ class NpzSource(DatasetSource):
     (float, regression); optional `class_names` [C]."""
 
     def __init__(self, path: str | os.PathLike, split: str):
-        path = pathlib.Path(path).expanduser()
+        path = pathlib.Path(path).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"npz file {path} does not exist")
         with np.load(path, allow_pickle=False) as data:
@@ -307,7 +307,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def preprocess_image(image: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
     """One image -> [3, S, S] float32 model input."""
-    x = torch.from_numpy(np.ascontiguousarray(to_rgb(image))).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float() / 255.0  # a writable copy
     if preprocessing.name == "square":
         x = TF.resize(x, [preprocessing.image_size] * 2, antialias=True)
     else:  # "standard": shorter side to resize_size, centre crop

@@ -403,3 +403,21 @@ def test_cli_and_script_agree(tmp_path, rng):
     # Errors are reported, not raised as tracebacks.
     assert cli.main(["extract", "--zoo", "nope", "--dataset", str(path), "--store",
                      str(tmp_path / "c")]) == 1
+
+
+def test_torchvision_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
+    # googlenet: the published checkpoint carries the auxiliary heads and transform_input=True.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    entry = zoo.get_model("googlenet")
+    torch.manual_seed(0)
+    reference = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True,
+                                             init_weights=False).eval()
+    entry.weights_file().parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), entry.weights_file())
+    model = entry.build(offline=True)
+    assert model.aux1 is None and model.aux2 is None and model.transform_input
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    assert entry.provenance()["weights_sha256"] == hashlib.sha256(
+        entry.weights_file().read_bytes()).hexdigest()
