@@ -1,0 +1,213 @@
+"""Metrics part 1: every metric against independent NumPy float64 re-derivations of the spec
+(tests/metrics_reference.py), hand-computed cases, invariances and precision (f32 default vs f64)."""
+
+import jax
+import numpy as np
+import pytest
+
+import metrics_reference as R
+from mspider_jax import metrics as M
+from mspider_jax.metrics import _linalg as L
+from mspider_jax.metrics.emms import sparsemax
+from mspider_jax.metrics.synthetic import make_task
+
+# N > D (the Gram path) and N <= D (the kernel / thin-SVD paths).
+TALL = make_task(240, 24, 5, 30, seed=1)
+WIDE = make_task(36, 48, 3, 20, seed=2)
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def reference(name, task, convention="paper"):
+    f, z, y = task.features, task.logits, task.labels
+    c = int(y.max()) + 1
+    return {
+        "hscore": lambda: R.hscore(f, y),
+        "leep": lambda: R.leep(z, y, model_spider=convention == "model_spider"),
+        "nce": lambda: R.nce(z, y),
+        "logme": lambda: R.logme(f, np.eye(c)[y]),
+        "pactran_dirichlet": lambda: R.pactran_dirichlet(z, y),
+        "pactran_gamma": lambda: R.pactran_gamma(z, y),
+        "lfc": lambda: R.lfc(f, y),
+        "transrate": lambda: R.transrate_coding_rate(f, y),
+        "emms": lambda: R.emms(f, y),
+    }[name]()
+
+
+MINE = ("hscore", "leep", "logme", "nce", "pactran_dirichlet", "pactran_gamma", "lfc", "transrate", "emms")
+# The metrics whose model_spider convention must match the spec to 1e-6 in float64.
+MODEL_SPIDER_SET = ("hscore", "leep", "logme", "nce", "pactran_dirichlet", "pactran_gamma", "lfc")
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_default_call_matches_float64_reference(name):
+    # The default call: float32 inputs, no global flags. 1e-4 relative is the contract.
+    inputs = dict(features=TALL.features, logits=TALL.logits, labels=TALL.labels)
+    assert rel(M.score(name, **inputs), reference(name, TALL)) < 1e-4
+    assert not jax.config.jax_enable_x64  # the call must not leak x64 into the caller
+
+
+@pytest.mark.parametrize("name", MODEL_SPIDER_SET)
+def test_model_spider_convention_in_float64(name):
+    with jax.enable_x64(True):
+        value = M.score(
+            name, features=TALL.features.astype(np.float64), logits=TALL.logits.astype(np.float64),
+            labels=TALL.labels, convention="model_spider",
+        )
+    assert rel(value, reference(name, TALL, "model_spider")) < 1e-6
+
+
+@pytest.mark.parametrize("name", ("hscore", "logme", "lfc", "transrate", "leep", "pactran_dirichlet"))
+def test_wide_features_n_below_d(name):
+    inputs = dict(features=WIDE.features, logits=WIDE.logits, labels=WIDE.labels)
+    assert rel(M.score(name, **inputs), reference(name, WIDE)) < 1e-4
+
+
+def test_emms_perfect_fit_when_n_below_d():
+    # With N <= D the standardised one-hot targets are in the range of F̂: residual ~ 0 (reference too).
+    value = M.score("emms", features=WIDE.features, labels=WIDE.labels)
+    assert abs(value) < 1e-6 and abs(R.emms(WIDE.features, WIDE.labels)) < 1e-6
+
+
+def test_leep_paper_convention_has_no_epsilons():
+    paper = M.score("leep", logits=TALL.logits, labels=TALL.labels)
+    spider = M.score("leep", logits=TALL.logits, labels=TALL.labels, convention="model_spider")
+    assert rel(paper, R.leep(TALL.logits, TALL.labels, model_spider=False)) < 1e-6
+    assert rel(spider, R.leep(TALL.logits, TALL.labels, model_spider=True)) < 1e-6
+    assert paper != spider
+
+
+def test_logme_regression_tall_and_wide(rng):
+    for task in (TALL, WIDE):
+        targets = rng.normal(size=(task.features.shape[0], 3)) + 5.0
+        value = M.score("logme", features=task.features, labels=targets)
+        assert rel(value, R.logme(task.features, targets)) < 1e-4
+    # A 1-D float target is one column.
+    target = rng.normal(size=TALL.features.shape[0])
+    assert rel(M.score("logme", features=TALL.features, labels=target), R.logme(TALL.features, target[:, None])) < 1e-4
+
+
+def test_logme_wide_classification():
+    y = WIDE.labels
+    assert rel(M.score("logme", features=WIDE.features, labels=y), R.logme(WIDE.features, np.eye(3)[y])) < 1e-4
+
+
+def test_transrate_official_form():
+    for task in (TALL, WIDE):
+        value = M.score("transrate", features=task.features, labels=task.labels, form="official")
+        assert rel(value, R.transrate_official(task.features, task.labels)) < 1e-4
+    with pytest.raises(ValueError, match="form"):
+        M.score("transrate", features=TALL.features, labels=TALL.labels, form="paper")
+
+
+def test_emms_with_label_embeddings(rng):
+    embeddings = rng.normal(size=(5, 7, 3))
+    value = M.score("emms", features=TALL.features, labels=TALL.labels, label_embeddings=embeddings)
+    assert rel(value, R.emms(TALL.features, TALL.labels, embeddings)) < 1e-4
+    with pytest.raises(ValueError, match="label_embeddings"):
+        M.score("emms", features=TALL.features, labels=TALL.labels, label_embeddings=embeddings[:4])
+
+
+def test_pactran_alpha_option():
+    value = M.score("pactran_dirichlet", logits=TALL.logits, labels=TALL.labels, alpha=0.1)
+    assert rel(value, R.pactran_dirichlet(TALL.logits, TALL.labels, alpha=0.1)) < 1e-4
+
+
+def test_lfc_model_spider_subsamples_with_key():
+    key = jax.random.key(3)
+    value = M.score("lfc", features=TALL.features, labels=TALL.labels, convention="model_spider", key=key, max_samples=100)
+    rows = np.asarray(jax.random.permutation(key, TALL.features.shape[0])[:100])
+    assert rel(value, R.lfc(TALL.features[rows], TALL.labels[rows])) < 1e-4
+    # "paper" always uses every sample.
+    assert rel(M.score("lfc", features=TALL.features, labels=TALL.labels, max_samples=100), R.lfc(TALL.features, TALL.labels)) < 1e-4
+
+
+# -- hand-computed cases ------------------------------------------------------------------------------
+
+
+def test_hscore_by_hand():
+    # f = 0,1,2,3 with classes {0,1},{2,3}: var = 5/3, class means 0.5, 2.5 -> Σ_g = (2+2)/3, H = 0.8.
+    value = M.score("hscore", features=np.array([[0.0], [1.0], [2.0], [3.0]], np.float32), labels=np.array([0, 0, 1, 1]))
+    assert value == pytest.approx(0.8, rel=1e-6)
+
+
+def test_nce_by_hand():
+    # y = 0,0,1,1 and source argmax z = 0,0,0,1: J = [[.5, 0], [.25, .25]], p_s = [.75, .25].
+    logits = np.array([[2.0, 0.0], [3.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    expected = 0.5 * np.log(0.5 / 0.75) + 0.25 * np.log(0.25 / 0.75) + 0.25 * np.log(1.0)
+    for convention in ("paper", "model_spider"):
+        assert M.score("nce", logits=logits, labels=np.array([0, 0, 1, 1]), convention=convention) == pytest.approx(expected, rel=1e-9)
+
+
+def test_leep_by_hand():
+    # Two samples, Cs = 2 one-hot-ish probabilities: P = [[1, 0], [0, 1]] -> Q = I, E_{i,y_i} = 1, LEEP = 0.
+    logits = np.array([[50.0, -50.0], [-50.0, 50.0]], np.float32)
+    assert M.score("leep", logits=logits, labels=np.array([0, 1])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lfc_by_hand():
+    # Perfectly label-aligned 1-D features ±1: K_x = K_y exactly -> correlation 1.
+    value = M.score("lfc", features=np.array([[1.0], [1.0], [-1.0], [-1.0]], np.float32), labels=np.array([0, 0, 1, 1]))
+    assert value == pytest.approx(1.0, rel=1e-9)
+
+
+def test_sparsemax_matches_definition(rng):
+    for z in (rng.normal(size=5), np.array([0.1, 0.1, 0.1]), np.array([3.0, -1.0]), rng.normal(size=1)):
+        with L.precision_scope():
+            out = np.asarray(sparsemax(np.asarray(z)))
+        np.testing.assert_allclose(out, R.sparsemax(z), atol=1e-12)
+        assert out.sum() == pytest.approx(1.0) and (out >= 0).all()
+
+
+# -- invariances --------------------------------------------------------------------------------------
+
+
+def test_hscore_and_lfc_scale_invariant():
+    for name in ("hscore", "lfc"):
+        base = M.score(name, features=TALL.features, labels=TALL.labels)
+        scaled = M.score(name, features=TALL.features * np.float32(7.25), labels=TALL.labels)
+        assert rel(scaled, base) < 1e-5
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_label_permutation_invariance(name, rng):
+    permutation = rng.permutation(5)
+    inputs = dict(features=TALL.features, logits=TALL.logits)
+    base = M.score(name, labels=TALL.labels, **inputs)
+    permuted = M.score(name, labels=permutation[TALL.labels], **inputs)
+    assert rel(permuted, base) < 1e-5
+
+
+# -- precision: float32 default vs float64 throughout ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_float32_default_matches_float64_inputs(name):
+    # Same task as the reference tests: the float64-input call reuses the compilation of
+    # test_model_spider_convention_in_float64 where the conventions coincide.
+    value32 = M.score(name, features=TALL.features, logits=TALL.logits, labels=TALL.labels)
+    with jax.enable_x64(True):
+        value64 = M.score(name, features=TALL.features.astype(np.float64), logits=TALL.logits.astype(np.float64), labels=TALL.labels)
+    assert rel(value32, value64) < 1e-4
+
+
+def test_linalg_helpers_match_numpy(rng):
+    x = (rng.normal(size=(50, 6)) + 30.0).astype(np.float32)  # large common offset
+    t = rng.normal(size=(50, 2)) - 4.0
+    x64 = x.astype(np.float64)
+    with L.precision_scope():
+        np.testing.assert_allclose(L.uncentered_gram(x), x64.T @ x64, rtol=1e-6)
+        np.testing.assert_allclose(L.uncentered_cross(x, t), x64.T @ t, rtol=1e-6)
+        np.testing.assert_allclose(L.uncentered_kernel(x), x64 @ x64.T, rtol=1e-6)
+        cov = np.cov(x64, rowvar=False)
+        # float32 Gram of centred data: errors relative to the spread (the largest entry), not per entry.
+        np.testing.assert_allclose(L.covariance(x), cov, atol=1e-6 * np.abs(cov).max())
+        a = np.cov(rng.normal(size=(8, 4)), rowvar=False)  # rank 4 of 4, then make it singular
+        a[:, 0] = a[0, :] = 0.0
+        np.testing.assert_allclose(L.pinv_psd(a, rtol=1e-10), np.linalg.pinv(a, rcond=1e-10), atol=1e-10)
+        spd = a + np.eye(4)
+        assert float(L.logdet_spd(spd)) == pytest.approx(np.linalg.slogdet(spd)[1], rel=1e-12)
+        variance, components, _ = L.pca_eigh(x)
+        np.testing.assert_allclose(variance, np.linalg.eigvalsh(np.cov(x64, rowvar=False))[::-1], rtol=1e-5)
