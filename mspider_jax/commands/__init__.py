@@ -12,4 +12,5 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "extract",
     "table",
+    "metrics",
 )
