@@ -8,13 +8,13 @@ OUTPUT ("logits"). This module produces them:
   extract_to_store(get_zoo("single_source"), source, FeatureStore("store/"), ways=10, shots=50)
 
 Conventions:
-  * Images are uint8 RGB [H, W, 3] (grayscale [H, W] or [H, W, 1] is replicated to 3 channels, an alpha
-    channel is dropped); each model's `Preprocessing` resizes them (bilinear, antialiased, on [0, 1]
-    floats) and normalises with its mean/std.
-  * Class/shot subsampling (`select_examples`) is deterministic in (labels, ways, shots, seed): `ways`
-    classes drawn without replacement, then at most `shots` examples per class, kept in dataset order.
-    With `ways`, labels are renumbered 0..ways-1 in increasing original class id and the manifest's
-    `class_subset` maps them back (label i = class_subset[i]).
+  * Images are uint8 RGB [H, W, 3] (grayscale [H, W] or [H, W, 1] is replicated to 3 channels,
+    an alpha channel is dropped); each model's `Preprocessing` resizes them (bilinear, antialiased,
+    on [0, 1] floats) and normalises with its mean/std.
+  * Class/shot subsampling (`select_examples`) is deterministic in (labels, ways, shots, seed):
+    `ways` classes drawn without replacement, then at most `shots` examples per class, kept in
+    dataset order. With `ways`, labels are renumbered 0..ways-1 in increasing original class id
+    and the manifest's `class_subset` maps them back (label i = class_subset[i]).
   * Extraction runs in float32 on CUDA when available. Entries already complete in the store are
     skipped (resume) after checking that they were made with the same settings; `shard=(i, n)` keeps
     models i, i+n, i+2n, ... of the zoo so that n machines share a zoo.
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dataset sources
 
 
@@ -103,16 +103,17 @@ class TfdsSource(DatasetSource):
                                             download=download)
         except Exception as err:  # noqa: BLE001 - tfds raises many types; all mean "not available"
             raise ValueError(
-                f"cannot open tfds dataset {tfds_name!r} split {split!r} ({type(err).__name__}: {err}). "
-                f"tfds.data_source needs the dataset prepared in array_record format, e.g. "
-                f"`tfds build {tfds_name} --file_format=array_record` (or pass --tfds-download)") from err
+                f"cannot open tfds dataset {tfds_name!r} split {split!r} "
+                f"({type(err).__name__}: {err}). tfds.data_source needs the dataset prepared in "
+                f"array_record format, e.g. `tfds build {tfds_name} --file_format=array_record` "
+                "(or pass --tfds-download)") from err
         self.name, self.split, self.kind = f"tfds:{tfds_name}", split, "tfds"
         self.image_key, self.label_key = image_key, label_key
         info = getattr(self._source, "dataset_info", None)
         self.version = str(info.version) if info is not None else None
         self.location = str(getattr(info, "data_dir", "")) if info is not None else ""
-        label_feature = info.features[label_key] if info is not None and label_key in info.features \
-            else None
+        has_label = info is not None and label_key in info.features
+        label_feature = info.features[label_key] if has_label else None
         self.class_names = list(getattr(label_feature, "names", None) or []) or None
 
     def __len__(self) -> int:
@@ -128,7 +129,8 @@ class TfdsSource(DatasetSource):
 
 
 class FolderSource(DatasetSource):
-    """Images in class sub-folders: <root>/[<split>/]<class>/<image>; classes in sorted name order."""
+    """Images in class sub-folders <root>/[<split>/]<class>/<image>; classes in sorted name order.
+    """
 
     def __init__(self, root: str | os.PathLike, split: str):
         root = pathlib.Path(root).expanduser().resolve()
@@ -136,7 +138,8 @@ class FolderSource(DatasetSource):
             root = root / split
         if not root.is_dir():
             raise ValueError(f"image folder {root} does not exist")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(p.name for p in root.iterdir()
+                         if p.is_dir() and not p.name.startswith("."))
         self._files: list[pathlib.Path] = []
         labels = []
         for label, class_name in enumerate(classes):
@@ -145,7 +148,8 @@ class FolderSource(DatasetSource):
             self._files.extend(files)
             labels.extend([label] * len(files))
         if not self._files:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders of {root}")
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders of "
+                             f"{root}")
         self._labels = np.asarray(labels, dtype=np.int64)
         base = root.parent.name if root.name == split else root.name
         self.name, self.split, self.kind = f"folder:{base}", split, "folder"
@@ -215,11 +219,11 @@ def open_dataset(spec: str, split: str = "train", *, data_dir: str | None = None
         return FolderSource(path, split)
     if path.suffix == ".npz" and path.is_file():
         return NpzSource(path, split)
-    raise ValueError(f"cannot open dataset {spec!r}: give tfds:NAME, folder:PATH, npz:PATH, an image "
-                     "folder or an .npz file")
+    raise ValueError(f"cannot open dataset {spec!r}: give tfds:NAME, folder:PATH, npz:PATH, an "
+                     "image folder or an .npz file")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Class / shot subsampling
 
 
@@ -247,7 +251,8 @@ class Selection:
         return np.searchsorted(np.asarray(self.class_subset), labels).astype(np.int64)
 
     def indices_sha256(self) -> str:
-        return hashlib.sha256(np.ascontiguousarray(self.indices, dtype=np.int64).tobytes()).hexdigest()
+        data = np.ascontiguousarray(self.indices, dtype=np.int64).tobytes()
+        return hashlib.sha256(data).hexdigest()
 
     def provenance(self) -> dict[str, Any]:
         return {"ways": self.ways, "shots": self.shots, "seed": self.seed,
@@ -287,7 +292,7 @@ def select_examples(labels: np.ndarray, *, ways: int | None = None, shots: int |
     return Selection(indices, class_subset, ways, shots, seed)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Preprocessing and the forward hook
 
 
@@ -299,7 +304,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"images must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}")
+        raise ValueError(f"images must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                         f"got {image.shape}")
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return image[:, :, :3]
@@ -307,7 +313,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def preprocess_image(image: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
     """One image -> [3, S, S] float32 model input."""
-    x = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float() / 255.0  # a writable copy
+    # np.array copies: torch warns about (and must not write into) read-only source arrays.
+    x = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float() / 255.0
     if preprocessing.name == "square":
         x = TF.resize(x, [preprocessing.image_size] * 2, antialias=True)
     else:  # "standard": shorter side to resize_size, centre crop
@@ -392,7 +399,7 @@ def extract_features(model_entry: ModelEntry, source: DatasetSource, *,
     return np.concatenate(features), np.concatenate(logits), np.concatenate(labels)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Zoo -> store
 
 
@@ -419,7 +426,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def default_dataset_name(source: DatasetSource, selection: Selection) -> str:
-    """The store name of a dataset: the source name, plus "@w<ways>-s<shots>-seed<seed>" for subsets."""
+    """The store name of a dataset: the source name, plus "@w<ways>-s<shots>-seed<seed>" for
+    subsets."""
     if selection.ways is None and selection.shots is None:
         return source.name
     return (f"{source.name}@w{selection.ways or 'all'}-s{selection.shots or 'all'}"
@@ -485,11 +493,13 @@ def extract_to_store(entries: Sequence[ModelEntry], source: DatasetSource,
                          != _comparable(wanted.get(f))]
             if differing:
                 raise ValueError(
-                    f"{store.entry_path(dataset, source.split, entry.name)} exists but was made with "
-                    f"different {differing}; use another store or dataset name, or overwrite=True")
+                    f"{store.entry_path(dataset, source.split, entry.name)} exists but was made "
+                    f"with different {differing}; use another store or dataset name, or "
+                    "overwrite=True")
             results.append(ExtractionResult(entry.name, "skipped", manifest["num_examples"],
                                             manifest["feature_dim"], time.time() - start))
-            log.info("[%d/%d] %s: complete entry found, skipped", position + 1, len(mine), entry.name)
+            log.info("[%d/%d] %s: complete entry found, skipped", position + 1, len(mine),
+                     entry.name)
             continue
         if random_weights:
             torch.manual_seed(random_seed)
@@ -503,12 +513,13 @@ def extract_to_store(entries: Sequence[ModelEntry], source: DatasetSource,
         provenance = {
             **entry.provenance(layer=layer, random_weights=random_weights, random_seed=random_seed),
             **common,
-            "extraction": {"device": str(device), "batch_size": batch_size, "seconds": round(seconds, 2),
-                           "torch": torch.__version__, "torchvision": torchvision.__version__},
+            "extraction": {"device": str(device), "batch_size": batch_size,
+                           "seconds": round(seconds, 2), "torch": torch.__version__,
+                           "torchvision": torchvision.__version__},
         }
-        store.write(dataset, source.split, entry.name, features=features, labels=selection.remap(labels),
-                    logits=logits, provenance=provenance, storage_dtype=storage_dtype,
-                    overwrite=overwrite)
+        store.write(dataset, source.split, entry.name, features=features,
+                    labels=selection.remap(labels), logits=logits, provenance=provenance,
+                    storage_dtype=storage_dtype, overwrite=overwrite)
         results.append(ExtractionResult(entry.name, "written", len(features), features.shape[1],
                                         seconds))
         log.info("[%d/%d] %s: wrote %s in %.1fs", position + 1, len(mine), entry.name,
@@ -531,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from converters import extract_cli
 
-    parser = argparse.ArgumentParser(prog="python converters/extract.py", description=extract_cli.HELP)
+    parser = argparse.ArgumentParser(prog="python converters/extract.py",
+                                     description=extract_cli.HELP)
     extract_cli.add_arguments(parser)
     return extract_cli.run(parser.parse_args(argv))
 

@@ -16,46 +16,57 @@ HELP = "run a PyTorch model zoo once over a dataset and write its features into 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the extraction flags to `parser`."""
     what = parser.add_argument_group("models")
-    what.add_argument("--zoo", default=None,
-                      help="zoo name: single_source (default), multi_source, generic, user, minizoo, "
-                           "a registered zoo or package.module:function")
+    what.add_argument(
+        "--zoo", default=None,
+        help="zoo name: single_source (default), multi_source, generic, user, minizoo, a "
+             "registered zoo or package.module:function")
     what.add_argument("--models", default=None,
                       help="comma-separated subset of the zoo's models (default: all)")
-    what.add_argument("--add-model", action="append", default=[], metavar="NAME:ARCH:CHECKPOINT",
-                      help="also extract a user model: torchvision architecture ARCH loaded from the "
-                           "state-dict file CHECKPOINT (repeatable; without --zoo only these run)")
-    what.add_argument("--checkpoint-dir", default=None,
-                      help="folder of the multi_source checkpoints FTD_<arch>_<source>.pth "
-                           "(default $MSPIDER_MULTI_SOURCE_DIR or <torch hub dir>/mspider_multi_source)")
-    what.add_argument("--preprocessing", choices=("square", "standard"), default=None,
-                      help="square: resize to 224 (299 for inception_v3), the benchmark's; standard: "
-                           "resize 256 + centre crop 224 (default: the zoo's own, square)")
+    what.add_argument(
+        "--add-model", action="append", default=[], metavar="NAME:ARCH:CHECKPOINT",
+        help="also extract a user model: torchvision architecture ARCH loaded from the state-dict "
+             "file CHECKPOINT (repeatable; without --zoo only these run)")
+    what.add_argument(
+        "--checkpoint-dir", default=None,
+        help="folder of the multi_source checkpoints FTD_<arch>_<source>.pth (default "
+             "$MSPIDER_MULTI_SOURCE_DIR or <torch hub dir>/mspider_multi_source)")
+    what.add_argument(
+        "--preprocessing", choices=("square", "standard"), default=None,
+        help="square: resize to 224 (299 for inception_v3), the benchmark's; standard: resize 256 "
+             "+ centre crop 224 (default: the zoo's own, square)")
     what.add_argument("--random-weights", action="store_true",
                       help="untrained models (seeded by --seed); for smoke tests only")
-    what.add_argument("--offline", action="store_true",
-                      help="never download weights; a missing file is an error naming where to put it")
+    what.add_argument(
+        "--offline", action="store_true",
+        help="never download weights; a missing file is an error naming where to put it")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True,
-                      help="tfds:NAME[:VERSION], folder:PATH (class sub-folders), npz:PATH, or a path")
+    data.add_argument(
+        "--dataset", required=True,
+        help="tfds:NAME[:VERSION], folder:PATH (class sub-folders), npz:PATH, or a path")
     data.add_argument("--split", default="train", help="split name (default train)")
-    data.add_argument("--dataset-name", default=None,
-                      help="name in the store (default: tfds:NAME etc., with @w<ways>-s<shots>-seed<seed> "
-                           "for subsets)")
+    data.add_argument(
+        "--dataset-name", default=None,
+        help="name in the store (default: tfds:NAME etc., with @w<ways>-s<shots>-seed<seed> for "
+             "subsets)")
     data.add_argument("--data-dir", default=None, help="tfds data_dir")
     data.add_argument("--tfds-download", action="store_true",
                       help="let tfds download and prepare a missing dataset (off by default)")
     data.add_argument("--image-key", default="image", help="tfds image feature (default image)")
     data.add_argument("--label-key", default="label", help="tfds label feature (default label)")
-    data.add_argument("--ways", type=int, default=None, help="keep this many classes (deterministic)")
-    data.add_argument("--shots", type=int, default=None, help="keep at most this many images per class")
+    data.add_argument("--ways", type=int, default=None,
+                      help="keep this many classes (deterministic)")
+    data.add_argument("--shots", type=int, default=None,
+                      help="keep at most this many images per class")
     data.add_argument("--seed", type=int, default=0, help="seed of the class/shot draw (default 0)")
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--store", required=True, help="feature store root directory")
     run_group.add_argument("--batch-size", type=int, default=64)
-    run_group.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
-    run_group.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    run_group.add_argument("--workers", type=int, default=0,
+                           help="data loading processes (default 0)")
+    run_group.add_argument("--device", default="auto",
+                           help="auto (cuda if available), cpu, cuda, cuda:1")
     run_group.add_argument("--shard", default="0/1", metavar="I/N",
                            help="run models I, I+N, I+2N, ... of the zoo (N machines share a zoo)")
     run_group.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32")
@@ -92,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for result in results:
-        print(f"{result.status:8s} {result.model:40s} [{result.num_examples}, {result.feature_dim}] "
-              f"{result.seconds:.1f}s")
+        shape = f"[{result.num_examples}, {result.feature_dim}]"
+        print(f"{result.status:8s} {result.model:40s} {shape} {result.seconds:.1f}s")
     return 0
 
 

@@ -1,16 +1,17 @@
-"""Registry of model zoos: which PyTorch models to run, how to load them and where their feature is.
+"""Registry of model zoos: which PyTorch models to run, how to load them, where their feature is.
 
 Model Spider (Zhang et al., NeurIPS 2023; specs/model_spider.md §1) ranks models of a fixed zoo:
   * ``single_source``: 10 ImageNet-1k torchvision models (canonical order of the spec, §1.1);
-  * ``multi_source``: 42 models ``FTD_<arch>_<source>`` (resnet50 / densenet201 / inception_v3 fine-tuned
-    on 14 source datasets, §1.2), loaded from user-supplied checkpoint files;
-  * ``generic``: the task encoder whose class prototypes are the generic task tokens (§1.3). The paper
-    uses EsViT Swin-B (3072-d, self-supervised, not in torchvision); the default here is torchvision's
-    supervised ``swin_b`` (1024-d). Any registered model can serve instead (`generic_encoder(name)`).
-Users add models (`register_model`: a Python builder, or a checkpoint + torchvision architecture) and
-zoos (`register_zoo`). Zoo names that are not registered are looked up in `ZOO_PROVIDERS`
-("module:function" returning the entries), and any "module:function" string works as a zoo name, so a
-zoo defined in another package needs no edit here.
+  * ``multi_source``: 42 models ``FTD_<arch>_<source>`` (resnet50 / densenet201 / inception_v3
+    fine-tuned on 14 source datasets, §1.2), loaded from user-supplied checkpoint files;
+  * ``generic``: the task encoder whose class prototypes are the generic task tokens (§1.3). The
+    paper uses EsViT Swin-B (3072-d, self-supervised, not in torchvision); the default here is
+    torchvision's supervised ``swin_b`` (1024-d). Any registered model can serve instead
+    (`generic_encoder(name)`).
+Users add models (`register_model`: a Python builder, or a checkpoint + torchvision architecture)
+and zoos (`register_zoo`). Zoo names that are not registered are looked up in `ZOO_PROVIDERS`
+("module:function" returning the entries), and any "module:function" string works as a zoo name,
+so a zoo defined in another package needs no edit here.
 
 Conventions:
   * A model's *feature* is the INPUT of its final classifier layer and its *logits* the OUTPUT
@@ -18,9 +19,10 @@ Conventions:
   * Preprocessing ``square`` (the benchmark's): resize to image_size x image_size (224; 299 for
     inception_v3), no crop, ImageNet mean/std. ``standard``: resize the shorter side to
     round(image_size * 256 / 224), centre crop image_size.
-  * Weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints/<file>``) or a given file;
-    with ``offline=True`` (or MSPIDER_OFFLINE=1) a missing file is an error naming the file and where to
-    put it, never a download. ``random_weights=True`` builds the same architecture untrained (tests).
+  * Weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints/<file>``) or a given
+    file; with ``offline=True`` (or MSPIDER_OFFLINE=1) a missing file is an error naming the file
+    and where to put it, never a download. ``random_weights=True`` builds the same architecture
+    untrained (tests).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ SINGLE_SOURCE_DIMS = {
 }
 SINGLE_SOURCE = tuple(SINGLE_SOURCE_DIMS)
 
-# Spec §1.2 (copied from data/published/multi_source_finetune.csv): 3 architectures x 14 sources, the
-# zoo order is alphabetical by architecture, then by source (byte order: "CIFAR100" < "Caltech101").
+# Spec §1.2 (copied from data/published/multi_source_finetune.csv): 3 architectures x 14 sources,
+# the zoo order is alphabetical by architecture, then by source (byte order: "CIFAR100" <
+# "Caltech101").
 MULTI_SOURCE_ARCHS = ("densenet201", "inception_v3", "resnet50")
 MULTI_SOURCE_SOURCES = ("AID", "CIFAR10", "CIFAR100", "Caltech101", "Cars", "Dogs", "EuroSAT",
                         "Flowers", "Food", "NABirds", "PACS", "Resisc45", "SUN397", "SmallNORB")
@@ -91,7 +94,7 @@ def is_offline() -> bool:
     return os.environ.get("MSPIDER_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Preprocessing
 
 
@@ -114,7 +117,8 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.name not in PREPROCESSING_NAMES:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSING_NAMES}, got {self.name!r}")
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING_NAMES}, "
+                             f"got {self.name!r}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.name == "standard" and self.resize_size is None:
@@ -133,17 +137,18 @@ class Preprocessing:
 
 
 def imagenet_preprocessing(architecture: str, name: str = "square") -> Preprocessing:
-    """The benchmark's preprocessing for an ImageNet architecture (299 for inception_v3, else 224)."""
+    """The benchmark's preprocessing for an ImageNet architecture (299 for inception_v3, else 224).
+    """
     return Preprocessing(name="square", image_size=299 if architecture == "inception_v3" else 224
                          ).variant(name)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Model entries
 
 
 def find_feature_layer(model: nn.Module) -> str:
-    """The dotted name of the final classifier: fc, classifier (or its last Linear), head, heads.head.
+    """The dotted name of the final classifier: fc, classifier (or its last Linear), head, ...
 
     Falls back to the last nn.Linear registered in the model.
     """
@@ -168,7 +173,8 @@ def get_submodule(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError as err:
         children = [child for child, _ in model.named_children()]
-        raise ValueError(f"{type(model).__name__} has no module {name!r} (children: {children})") from err
+        raise ValueError(f"{type(model).__name__} has no module {name!r} "
+                         f"(children: {children})") from err
 
 
 def _torchvision_skeleton(architecture: str, num_classes: int, aux_logits: bool,
@@ -196,13 +202,16 @@ def _drop_aux_heads(model: nn.Module, architecture: str) -> None:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Reads a state dict from a checkpoint file (plain, or nested under state_dict/model; DataParallel
-    "module." prefixes removed). Pickled whole modules are refused (they can run arbitrary code)."""
+    """Reads a state dict from a checkpoint file.
+
+    The dict may be plain or nested under state_dict/model_state_dict/model; DataParallel "module."
+    prefixes are removed. Pickled whole modules are refused (they can run arbitrary code).
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types here; all mean "unreadable"
-        raise ValueError(f"cannot read a state dict from {path} ({type(err).__name__}: {err}); save "
-                         "checkpoints with torch.save(model.state_dict(), path)") from err
+        raise ValueError(f"cannot read a state dict from {path} ({type(err).__name__}: {err}); "
+                         "save checkpoints with torch.save(model.state_dict(), path)") from err
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -222,12 +231,13 @@ class ModelEntry:
       feature_dim: D, the input size of the final classifier (None if unknown until built).
       num_source_classes: Cs, its output size (None: read from the checkpoint).
       preprocessing: how images become its input.
-      weights: weights identifier recorded in manifests (e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V1").
+      weights: weights identifier recorded in manifests
+        (e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V1").
       feature_layer: dotted name of the final classifier ("" = `find_feature_layer`).
       weights_path: the weight file (its sha256 is recorded); None = derived from weights_url.
       weights_url: where torchvision publishes the file (download when not offline).
-      builder: custom zero-argument builder returning the model with its weights loaded; None = build the
-        torchvision architecture and load the weight file.
+      builder: custom zero-argument builder returning the model with its weights loaded; None =
+        build the torchvision architecture and load the weight file.
       arch_kwargs: extra keyword arguments of the torchvision constructor.
       missing_hint: appended to the error raised when the weight file is missing.
     """
@@ -257,7 +267,9 @@ class ModelEntry:
     def weights_sha256(self) -> str | None:
         """sha256 of the weight file (None for custom builders without a file)."""
         path = self.weights_file()
-        return _cached_sha256(str(path), path.stat().st_mtime_ns) if path and path.is_file() else None
+        if path is None or not path.is_file():
+            return None
+        return _cached_sha256(str(path), path.stat().st_mtime_ns)
 
     def with_preprocessing(self, name: str) -> ModelEntry:
         return dataclasses.replace(self, preprocessing=self.preprocessing.variant(name))
@@ -268,7 +280,8 @@ class ModelEntry:
 
         Args:
           random_weights: build the architecture untrained (seed with torch.manual_seed first).
-          offline: never download (default: MSPIDER_OFFLINE); a missing file raises WeightsNotFoundError.
+          offline: never download (default: MSPIDER_OFFLINE); a missing file raises
+            WeightsNotFoundError.
           device: where to build; "meta" builds the structure only (no memory, no weights).
         """
         offline = is_offline() if offline is None else offline
@@ -317,8 +330,8 @@ class ModelEntry:
         if f"{layer}.weight" in state:
             num_classes = int(state[f"{layer}.weight"].shape[0])
         if num_classes is None:
-            raise ValueError(f"{self.name}: cannot find {layer}.weight in {path} to read the number "
-                             "of classes; pass num_classes")
+            raise ValueError(f"{self.name}: cannot find {layer}.weight in {path} to read the "
+                             "number of classes; pass num_classes")
         has_aux = any(key.startswith(prefix + ".") for key in state
                       for prefix in _AUX_MODULES.get(self.architecture, ()))
         model = _torchvision_skeleton(self.architecture, num_classes, has_aux, self.arch_kwargs)
@@ -385,7 +398,7 @@ def torchvision_entry(architecture: str, *, name: str | None = None, weights: st
         feature_layer=_default_classifier_path(architecture))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Built-in zoos
 
 
@@ -396,8 +409,11 @@ def single_source_zoo(preprocessing: str = "square") -> list[ModelEntry]:
 
 
 def multi_source_checkpoint(name: str, checkpoint_dir: str | os.PathLike) -> pathlib.Path:
-    """The checkpoint file of a multi-source model: the first existing <dir>/<name>{.pth,.pt,.pth.tar},
-    else <dir>/<name>.pth (whose absence the build reports)."""
+    """The checkpoint file of a multi-source model.
+
+    The first existing <dir>/<name>{.pth,.pt,.pth.tar}, else <dir>/<name>.pth (whose absence the
+    build reports).
+    """
     directory = pathlib.Path(checkpoint_dir).expanduser()
     for suffix in CHECKPOINT_SUFFIXES:
         if (directory / (name + suffix)).is_file():
@@ -412,11 +428,14 @@ def default_multi_source_dir() -> pathlib.Path:
 
 def multi_source_zoo(checkpoint_dir: str | os.PathLike | None = None,
                      preprocessing: str = "square") -> list[ModelEntry]:
-    """The 42 fine-tuned models FTD_<arch>_<source> (spec §1.2), loaded from
-    <checkpoint_dir>/FTD_<arch>_<source>.pth (state dicts; default dir: $MSPIDER_MULTI_SOURCE_DIR or
-    <torch hub dir>/mspider_multi_source). Checkpoints are not distributed with torchvision: a missing
-    one is reported when the model is built. They are assumed to keep torchvision's ImageNet-pretrained
-    settings (transform_input=True for inception_v3)."""
+    """The 42 fine-tuned models FTD_<arch>_<source> (spec §1.2).
+
+    Loaded from <checkpoint_dir>/FTD_<arch>_<source>.pth (state dicts; default dir:
+    $MSPIDER_MULTI_SOURCE_DIR or <torch hub dir>/mspider_multi_source). Checkpoints are not
+    distributed with torchvision: a missing one is reported when the model is built. They are
+    assumed to keep torchvision's ImageNet-pretrained settings (transform_input=True for
+    inception_v3).
+    """
     directory = checkpoint_dir or default_multi_source_dir()
     entries = []
     for arch in MULTI_SOURCE_ARCHS:
@@ -429,9 +448,9 @@ def multi_source_zoo(checkpoint_dir: str | os.PathLike | None = None,
                 weights=f"checkpoint:{path.name}", weights_path=str(path),
                 feature_layer=_default_classifier_path(arch),
                 missing_hint=(f"The 42 multi-source checkpoints (state dicts named "
-                              f"FTD_<arch>_<source>.pth) are not distributed with torchvision; point "
-                              f"checkpoint_dir / --checkpoint-dir / ${MULTI_SOURCE_DIR_ENV} at the "
-                              f"folder that holds them")))
+                              f"FTD_<arch>_<source>.pth) are not distributed with torchvision; "
+                              f"point checkpoint_dir / --checkpoint-dir / "
+                              f"${MULTI_SOURCE_DIR_ENV} at the folder that holds them")))
     return entries
 
 
@@ -439,11 +458,12 @@ def generic_encoder(name: str | None = None, **options: Any) -> ModelEntry:
     """The task encoder for Model Spider's generic task tokens: torchvision swin_b (default) or any
     registered model."""
     if name is None or name == GENERIC_DEFAULT:
-        return torchvision_entry(GENERIC_DEFAULT, preprocessing=options.get("preprocessing", "square"))
+        return torchvision_entry(GENERIC_DEFAULT,
+                                 preprocessing=options.get("preprocessing", "square"))
     return get_model(name, **options)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The registry
 
 _BUILTIN_ZOOS: dict[str, Callable[..., list[ModelEntry]]] = {
@@ -484,7 +504,8 @@ def _from_provider(name: str, target: str, options: Mapping[str, Any]) -> list[M
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and module_name.startswith(err.name):
-            raise ValueError(f"zoo {name!r}: provider module {module_name!r} is not importable") from err
+            raise ValueError(f"zoo {name!r}: provider module {module_name!r} is not "
+                             "importable") from err
         raise
     if name in _REGISTERED_ZOOS and not options:  # the module registered the zoo when imported
         return list(_REGISTERED_ZOOS[name])
@@ -582,7 +603,7 @@ def register_model(name: str, *, builder: Callable[[], nn.Module] | None = None,
     else:
         entry = ModelEntry(name=name, architecture=architecture, feature_dim=feature_dim,
                            num_source_classes=num_classes, preprocessing=preprocessing,
-                           weights=weights or f"builder:{getattr(builder, '__qualname__', 'custom')}",
+                           weights=weights or f"builder:{getattr(builder, '__qualname__', '?')}",
                            feature_layer=feature_layer, builder=builder,
                            arch_kwargs=dict(arch_kwargs or {}))
     _REGISTERED_MODELS[name] = entry

@@ -36,8 +36,8 @@ SPEC_DIMS = [("googlenet", 1024), ("inception_v3", 2048), ("resnet50", 2048), ("
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    # On the shared 2-core test machine, torch's 2 intra-op threads contend with other processes and a
-    # tiny forward pass becomes ~40x slower; one thread keeps these tests fast.
+    # On the shared 2-core test machine, torch's 2 intra-op threads contend with other processes
+    # and a tiny forward pass becomes ~40x slower; one thread keeps these tests fast.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -62,7 +62,7 @@ def _resnet_features(model, x):
     return torch.flatten(model.avgpool(x), 1)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -146,7 +146,8 @@ def test_register_model_from_checkpoint(tmp_path):
                                    checkpoint=path)
         assert zoo.get_model("my_shufflenet") is entry
         assert entry in zoo.get_zoo("user")
-        assert (entry.feature_dim, entry.feature_layer, entry.num_source_classes) == (1024, "fc", None)
+        assert (entry.feature_dim, entry.feature_layer) == (1024, "fc")
+        assert entry.num_source_classes is None  # read from the checkpoint when built
         assert entry.weights_sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
         model = entry.build()
         assert model.fc.out_features == 5 and not model.training
@@ -160,9 +161,9 @@ def test_register_model_from_checkpoint(tmp_path):
         zoo.unregister("my_shufflenet")
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
-    wrong = zoo.ModelEntry(name="w", architecture="resnet18", feature_dim=512, num_source_classes=None,
-                           preprocessing=Preprocessing(), weights="x", weights_path=str(bad),
-                           feature_layer="fc")
+    wrong = zoo.ModelEntry(name="w", architecture="resnet18", feature_dim=512,
+                           num_source_classes=None, preprocessing=Preprocessing(), weights="x",
+                           weights_path=str(bad), feature_layer="fc")
     with pytest.raises(ValueError, match="does not fit torchvision resnet18"):
         wrong.build()
 
@@ -172,7 +173,8 @@ def test_zoo_providers_and_register_zoo(tmp_path, monkeypatch):
         "from converters.zoo import ModelEntry, Preprocessing\n"
         "def entries(size=32):\n"
         "    return [ModelEntry(name=f'p{i}', architecture='resnet18', feature_dim=512,\n"
-        "                       num_source_classes=10, preprocessing=Preprocessing(image_size=size),\n"
+        "                       num_source_classes=10,\n"
+        "                       preprocessing=Preprocessing(image_size=size),\n"
         "                       weights='none') for i in range(2)]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(zoo.ZOO_PROVIDERS, "tmpzoo", "my_provider:entries")
@@ -193,14 +195,15 @@ def test_zoo_providers_and_register_zoo(tmp_path, monkeypatch):
         zoo.unregister("two")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Extraction
 
 
 def test_extraction_equals_a_manual_forward_pass(tmp_path):
     resnet = _tiny_entry()  # square 32: cifar10 images need no resizing
     mobilenet = _tiny_entry(name="mobilenet_tiny", architecture="mobilenet_v2",
-                            preprocessing=Preprocessing(name="standard", image_size=48, resize_size=56))
+                            preprocessing=Preprocessing(name="standard", image_size=48,
+                                                        resize_size=56))
     store = FeatureStore(tmp_path / "store")
     with tfds.testing.mock_data(num_examples=10):
         source = extract.open_dataset("tfds:cifar10", "train")
@@ -357,6 +360,21 @@ def test_shards_split_the_zoo(tmp_path, rng):
     assert FeatureStore(tmp_path / "s").models("npz:toy", "train") == [f"m{i}" for i in range(5)]
 
 
+def test_regression_targets_are_stored_as_floats(tmp_path, rng):
+    path = tmp_path / "ages.npz"
+    images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(5, 2))
+    np.savez(path, images=images, labels=targets)
+    source = extract.open_dataset(str(path))
+    extract.extract_to_store([_tiny_entry()], source, tmp_path / "s", random_weights=True,
+                             progress=False)
+    entry = FeatureStore(tmp_path / "s").read("npz:ages", "train", "resnet18_tiny")
+    assert entry.is_regression and entry.labels.dtype == np.float64
+    np.testing.assert_array_equal(entry.labels, targets)
+    with pytest.raises(ValueError, match="integer class labels"):
+        extract.extract_to_store([_tiny_entry()], source, tmp_path / "s", ways=2, progress=False)
+
+
 def test_folder_source(tmp_path):
     from PIL import Image
 
@@ -382,7 +400,8 @@ def test_folder_source(tmp_path):
 def test_cli_and_script_agree(tmp_path, rng):
     path = tmp_path / "toy.npz"
     _npz_dataset(path, rng, n=6, classes=3, size=40)
-    flags = ["--zoo", "single_source", "--models", "mobilenet_v2", "--random-weights", "--seed", "2",
+    flags = ["--zoo", "single_source", "--models", "mobilenet_v2", "--random-weights",
+             "--seed", "2",
              "--dataset", f"npz:{path}", "--split", "test", "--batch-size", "4",
              "--storage-dtype", "float16", "--quiet"]
     assert cli.main(["extract", *flags, "--store", str(tmp_path / "a")]) == 0

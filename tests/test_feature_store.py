@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import string
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,8 @@ def test_float16_storage_and_chunks(tmp_path, rng):
     store = FeatureStore(tmp_path)
     features, labels, logits = _arrays(rng, n=50)
     features = features.astype(np.float64) * 100
-    store.write("d", "s", "m", features=features, labels=labels, logits=logits, storage_dtype="float16")
+    store.write("d", "s", "m", features=features, labels=labels, logits=logits,
+                storage_dtype="float16")
     entry = store.read("d", "s", "m")
     assert entry.features.dtype == np.float16 and entry.logits.dtype == np.float16
     np.testing.assert_array_equal(entry.features, features.astype(np.float16))
@@ -128,7 +130,7 @@ def test_listing_and_name_encoding(tmp_path, rng):
         assert decode_name(encode_name(name)) == name
         encoded = encode_name(name)
         assert "/" not in encoded and not encoded.startswith(".")
-        assert set(encoded) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-%")
+        assert set(encoded) <= set(string.ascii_letters + string.digits + "_.-%")
     assert encode_name("tfds:cifar10") == "tfds%3Acifar10"
     assert encode_name("a/b") != encode_name("a%2Fb")
     _write(store, rng, "tfds:cifar10", "train", "resnet50")
@@ -139,7 +141,8 @@ def test_listing_and_name_encoding(tmp_path, rng):
     (tmp_path / encode_name("tfds:cifar10") / "train" / ".tmp-resnet18-x").mkdir()
     (tmp_path / encode_name("tfds:cifar10") / "train" / "halfway").mkdir()
     assert store.entries() == sorted([
-        EntryKey("tfds:cifar10", "train", "resnet50"), EntryKey("tfds:cifar10", "train", "org/model"),
+        EntryKey("tfds:cifar10", "train", "resnet50"),
+        EntryKey("tfds:cifar10", "train", "org/model"),
         EntryKey("tfds:cifar10", "test", "resnet50"), EntryKey("..", "train", ".hidden")])
     assert store.datasets() == ["..", "tfds:cifar10"]
     assert store.splits("tfds:cifar10") == ["test", "train"]

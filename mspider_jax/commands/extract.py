@@ -1,4 +1,4 @@
-"""`mspider extract`: run a PyTorch zoo once over a dataset into a feature store (see converters/)."""
+"""`mspider extract`: run a PyTorch zoo once over a dataset into a feature store (converters/)."""
 
 import argparse
 

@@ -1,28 +1,29 @@
-"""The feature store: features of a model zoo over datasets, written once, read by every later stage.
+"""The feature store: features of a model zoo over datasets, written once, read by later stages.
 
 Model Spider (Zhang et al., NeurIPS 2023) and the transferability metrics it is compared with never
 look at images: they consume, per (dataset, split, model), the input of the model's final classifier
-("features", [N, D]), optionally its output ("logits", [N, Cs]) and the labels. `converters/` runs the
-PyTorch zoo once and writes them here; metrics and the ranker read them with memory mapping.
+("features", [N, D]), optionally its output ("logits", [N, Cs]) and the labels. `converters/` runs
+the PyTorch zoo once and writes them here; metrics and the ranker read them with memory mapping.
 
 Layout (one directory per entry):
 
     <root>/<dataset>/<split>/<model>/features.npy   [N, D]   float32 or float16
                                      logits.npy     [N, Cs]  same dtype as features (optional)
-                                     labels.npy     [N] int64 (classes) or [N] / [N, K] float (regression)
+                                     labels.npy     [N] int64 (classes), or [N] / [N, K] float
+                                                    (regression)
                                      manifest.json  provenance + integrity data, written last
 
 Names may contain any character (e.g. ``tfds:cifar10``, ``org/model``): each path component is the
 name percent-encoded (bytes outside ``[A-Za-z0-9_.-]``, and a leading ``.``, become ``%XX``), so the
-encoding is reversible and never yields a hidden or ``..`` directory; the real names are also kept in
-the manifest. Names starting with ``.`` at any level of the tree are temporary/leftover directories and
-are ignored by every listing.
+encoding is reversible and never yields a hidden or ``..`` directory; the real names are also kept
+in the manifest. Names starting with ``.`` at any level of the tree are temporary/leftover
+directories and are ignored by every listing.
 
 Atomicity: an entry is written into a temporary sibling directory (arrays, then ``manifest.json``,
-each fsync-ed) that is renamed into place in one step, so a crash never leaves a directory that reads
-as complete. An entry is *complete* when its directory holds a manifest; reads additionally check files,
-shapes, dtypes and sizes against it (and, with ``verify=True``, the sha256 of every file) and raise
-`StoreError` naming the path and the problem.
+each fsync-ed) that is renamed into place in one step, so a crash never leaves a directory that
+reads as complete. An entry is *complete* when its directory holds a manifest; reads additionally
+check files, shapes, dtypes and sizes against it (and, with ``verify=True``, the sha256 of every
+file) and raise `StoreError` naming the path and the problem.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float32", "float16")
 LABEL_KINDS = ("class", "regression")
 
-# Provenance fields every manifest carries (None when the writer does not know them). Writers pass them
-# (and any extra keys) through `write(..., provenance=...)`.
+# Provenance fields every manifest carries (None when the writer does not know them). Writers pass
+# them (and any extra keys) through `write(..., provenance=...)`.
 PROVENANCE_FIELDS = (
     "architecture",      # e.g. "resnet50"
     "weights",           # weights identifier, e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V1"
@@ -63,7 +64,8 @@ PROVENANCE_FIELDS = (
 # Fields computed by the store; provenance may not set them.
 _RESERVED_FIELDS = (
     "format_version", "dataset", "split", "model", "num_examples", "feature_dim", "num_logits",
-    "label_kind", "label_shape", "dtype", "storage_dtype", "files", "created", "mspider_jax_version",
+    "label_kind", "label_shape", "dtype", "storage_dtype", "files", "created",
+    "mspider_jax_version",
 )
 _ARRAY_FILES = ("features.npy", "logits.npy", "labels.npy")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -116,7 +118,7 @@ class Entry:
         return self.manifest["label_kind"] == "regression"
 
     def iter_chunks(self, chunk_size: int = _CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (features [n, D] float32, labels [n, ...]) chunks; reads only the rows it yields."""
+        """Yields (features [n, D] float32, labels [n, ...]) chunks, reading only those rows."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         for start in range(0, self.num_examples, chunk_size):
@@ -125,7 +127,7 @@ class Entry:
                    np.asarray(self.labels[start:stop]))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Name encoding
 
 
@@ -163,7 +165,7 @@ def _is_listed(dirname: str) -> bool:
     return not dirname.startswith(".")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # File helpers
 
 
@@ -190,7 +192,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _write_npy(path: pathlib.Path, array: np.ndarray, dtype: np.dtype, what: str) -> None:
-    """Writes `array` cast to `dtype` as .npy in row chunks (works on memmaps), refusing non-finite values."""
+    """Writes `array` cast to `dtype` as .npy in row chunks (works on memmaps).
+
+    Refuses NaN/inf and values that overflow `dtype` (ValueError naming `what`).
+    """
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=array.shape)
     try:
         for start in range(0, max(array.shape[0], 1), _CHUNK_ROWS):
@@ -211,7 +216,7 @@ def _write_npy(path: pathlib.Path, array: np.ndarray, dtype: np.dtype, what: str
 
 
 def _npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) from a .npy header; raises ValueError when it is not a valid .npy."""
+    """(shape, dtype, data offset) from a .npy header; ValueError when it is not a valid .npy."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -225,7 +230,7 @@ def _npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(shape), np.dtype(dtype), f.tell()
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Input validation for writes
 
 
@@ -246,7 +251,8 @@ def _as_features(array: Any, what: str, num_rows: int | None) -> np.ndarray:
 def _as_labels(labels: Any, num_rows: int) -> tuple[np.ndarray, str, np.dtype]:
     labels = np.asarray(labels)
     if labels.shape[:1] != (num_rows,) or labels.ndim > 2:
-        raise ValueError(f"labels must be [N] or [N, K] with N = {num_rows}, got shape {labels.shape}")
+        raise ValueError(f"labels must be [N] or [N, K] with N = {num_rows}, got shape "
+                         f"{labels.shape}")
     if np.issubdtype(labels.dtype, np.bool_):
         raise ValueError("labels must be integer class ids or float regression targets, got bool")
     if np.issubdtype(labels.dtype, np.integer):
@@ -274,10 +280,11 @@ def _json_default(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, (pathlib.Path, os.PathLike)):
         return os.fspath(value)
-    raise TypeError(f"provenance value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+    raise TypeError(f"provenance value {value!r} of type {type(value).__name__} is not "
+                    "JSON-serialisable")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The store
 
 
@@ -294,7 +301,7 @@ class FeatureStore:
         """The directory an entry lives in (whether or not it exists)."""
         return self.root / encode_name(dataset) / encode_name(split) / encode_name(model)
 
-    # -- writing -------------------------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------------------
 
     def write(self, dataset: str, split: str, model: str, *, features: Any, labels: Any,
               logits: Any = None, provenance: Mapping[str, Any] | None = None,
@@ -316,7 +323,8 @@ class FeatureStore:
         key = EntryKey(dataset, split, model)
         final = self.entry_path(dataset, split, model)  # validates the names
         if storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+            raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, "
+                             f"got {storage_dtype!r}")
         features = _as_features(features, "features", None)
         num_rows, feature_dim = (int(d) for d in features.shape)
         labels, label_kind, label_dtype = _as_labels(labels, num_rows)
@@ -375,8 +383,8 @@ class FeatureStore:
             if not overwrite:  # another writer finished first
                 raise StoreError(f"{final}: an entry for {key} appeared while writing; "
                                  "pass overwrite=True to replace it")
-            # Move the old entry aside first: renaming onto a non-empty directory is not allowed, and
-            # a crash between the two renames leaves no entry rather than a mixed one.
+            # Move the old entry aside first: renaming onto a non-empty directory is not allowed,
+            # and a crash between the two renames leaves no entry rather than a mixed one.
             old = final.parent / f".old-{final.name[:40]}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
         try:
@@ -389,7 +397,7 @@ class FeatureStore:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-    # -- reading -------------------------------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------------------
 
     def read(self, dataset: str, split: str, model: str, *, mmap: bool = True,
              verify: bool = False) -> Entry:
@@ -400,8 +408,8 @@ class FeatureStore:
           verify: also recompute the sha256 of every file (reads everything once).
 
         Raises:
-          StoreError: the entry does not exist (the message lists what does), is incomplete, or a file
-            or the manifest is corrupt or inconsistent.
+          StoreError: the entry does not exist (the message lists what does), is incomplete, or a
+            file or the manifest is corrupt or inconsistent.
         """
         key = EntryKey(dataset, split, model)
         path = self._existing_entry_path(key)
@@ -420,10 +428,11 @@ class FeatureStore:
         if verify:
             self._verify_checksums(path, manifest)
         return Entry(key=key, path=path, features=arrays["features.npy"],
-                     labels=arrays["labels.npy"], logits=arrays.get("logits.npy"), manifest=manifest)
+                     labels=arrays["labels.npy"], logits=arrays.get("logits.npy"),
+                     manifest=manifest)
 
     def has(self, dataset: str, split: str, model: str) -> bool:
-        """True only when the entry exists, is complete and passes the read checks (no checksums)."""
+        """True only for an existing, complete entry that passes the read checks (no checksums)."""
         try:
             self.read(dataset, split, model, mmap=True)
         except StoreError:
@@ -436,7 +445,8 @@ class FeatureStore:
         return self._load_manifest(self._existing_entry_path(key), key)
 
     def verify(self, dataset: str, split: str, model: str) -> None:
-        """Recomputes the sha256 of every array file and compares with the manifest (StoreError if not)."""
+        """Recomputes the sha256 of every array file; StoreError if one differs from the manifest.
+        """
         key = EntryKey(dataset, split, model)
         path = self._existing_entry_path(key)
         manifest = self._load_manifest(path, key)
@@ -444,11 +454,11 @@ class FeatureStore:
             self._check_file(path / filename, spec)
         self._verify_checksums(path, manifest)
 
-    # -- listing -------------------------------------------------------------------------------------
+    # -- listing -----------------------------------------------------------------------------------
 
     def entries(self, dataset: str | None = None, split: str | None = None,
                 model: str | None = None) -> list[EntryKey]:
-        """Sorted keys of the complete entries (those with a manifest), optionally filtered by name."""
+        """Sorted keys of the complete entries (with a manifest), optionally filtered by name."""
         keys = []
         for ds_dir in self._subdirs(self.root):
             ds_name = decode_name(ds_dir.name)
@@ -478,7 +488,7 @@ class FeatureStore:
         """Models with a complete entry for (dataset, split)."""
         return sorted({key.model for key in self.entries(dataset=dataset, split=split)})
 
-    # -- internals -----------------------------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------------
 
     @staticmethod
     def _subdirs(path: pathlib.Path) -> list[pathlib.Path]:
@@ -495,7 +505,8 @@ class FeatureStore:
             raise StoreError(f"no feature store at {self.root}")
         datasets = self.datasets()
         if key.dataset not in datasets:
-            raise StoreError(f"{self.root}: unknown dataset {key.dataset!r}; the store has {datasets}")
+            raise StoreError(f"{self.root}: unknown dataset {key.dataset!r}; the store has "
+                             f"{datasets}")
         splits = self.splits(key.dataset)
         if key.split not in splits:
             raise StoreError(f"{self.root}: dataset {key.dataset!r} has no split {key.split!r}; "
@@ -507,7 +518,8 @@ class FeatureStore:
     def _load_manifest(self, path: pathlib.Path, key: EntryKey) -> dict[str, Any]:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise StoreError(f"{path}: incomplete entry (no {MANIFEST}); rewrite it with overwrite=True")
+            raise StoreError(f"{path}: incomplete entry (no {MANIFEST}); rewrite it with "
+                             "overwrite=True")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
@@ -526,7 +538,8 @@ class FeatureStore:
                        f"{FORMAT_VERSION}")
         for field, expected in zip(("dataset", "split", "model"), key):
             if manifest[field] != expected:
-                raise fail(f"{field} is {manifest[field]!r} but the entry's directory is {expected!r}")
+                raise fail(f"{field} is {manifest[field]!r} but the entry's directory is "
+                           f"{expected!r}")
         n, d = manifest["num_examples"], manifest["feature_dim"]
         for field in ("num_examples", "feature_dim"):
             if not isinstance(manifest[field], int) or isinstance(manifest[field], bool) \
@@ -560,7 +573,8 @@ class FeatureStore:
             if len(label_shape) != 1:
                 raise fail(f"class labels must be [N], label_shape is {label_shape}")
         elif files["labels.npy"]["dtype"] not in ("float32", "float64"):
-            raise fail(f"regression labels must be float32/float64, got {files['labels.npy']['dtype']}")
+            raise fail("regression labels must be float32/float64, got "
+                       f"{files['labels.npy']['dtype']}")
         else:
             expected_specs["labels.npy"] = (label_shape, files["labels.npy"]["dtype"])
         for filename, (shape, dtype) in expected_specs.items():
@@ -585,7 +599,8 @@ class FeatureStore:
         actual_size = file_path.stat().st_size
         if actual_size != expected_size:
             state = "truncated" if actual_size < expected_size else "has trailing bytes"
-            raise StoreError(f"{file_path}: file {state} ({actual_size} bytes, expected {expected_size})")
+            raise StoreError(f"{file_path}: file {state} ({actual_size} bytes, expected "
+                             f"{expected_size})")
         return shape, dtype, offset
 
     @staticmethod
@@ -593,5 +608,6 @@ class FeatureStore:
         for filename, spec in manifest["files"].items():
             actual = sha256_file(path / filename)
             if actual != spec["sha256"]:
-                raise StoreError(f"{path / filename}: sha256 {actual} does not match the manifest's "
+                raise StoreError(f"{path / filename}: sha256 {actual} does not match the "
+                                 "manifest's "
                                  f"{spec['sha256']} (the file was modified or corrupted)")
