@@ -145,7 +145,7 @@ def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any]
         x = V.as_float_array(input_name, inputs[input_name], ndim=2, metric=where)
         if input_name != "source_features":
             V.check_num_rows(where, input_name, x, prepared.n)
-        elif x.shape[0] != prepared.shared["source_labels"].shape[0]:
+        elif "source_labels" in prepared.shared and x.shape[0] != prepared.shared["source_labels"].shape[0]:
             raise ValueError(f"{where}: source_features has {x.shape[0]} rows but source_labels have {prepared.shared['source_labels'].shape[0]}")
         arrays[input_name] = x
     if spec.check_inputs is not None:
@@ -305,7 +305,8 @@ def score_zoo(
     [M, N, D] array; labels, source labels, key and options are shared. Models with equal input shapes
     run in one `vmap`-ed, jit-compiled call; different feature dims form separate groups (no padding:
     padding is not exact for most metrics). Results equal a loop of `score` calls (same key for every
-    model). Zoo-relative metrics (NCTI, ETran) combine their per-model components with the metric's
+    model) up to the float32 rounding of batched products (~1e-6 relative; a group of one model is
+    bit-identical). Zoo-relative metrics (NCTI, ETran) combine their per-model components with the metric's
     `combine_zoo`.
     """
     spec = get(name)
@@ -327,6 +328,11 @@ def score_zoo(
 
     results: list[np.ndarray | None] = [None] * num_models
     for group in _model_groups(per_model):
+        if len(group) == 1:
+            # A lone model takes the unbatched path: bit-identical to `score` (a batch of one may
+            # round differently in float32 matmuls) and it shares `score`'s compilation cache.
+            results[group[0]] = _evaluate(spec, prepared, per_model[group[0]])
+            continue
         batched = tuple(sorted(per_model[group[0]]))
         stacked = {k: np.stack([per_model[m][k] for m in group]) for k in batched}
         traced = {**prepared.shared, **stacked}

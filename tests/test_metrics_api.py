@@ -1,0 +1,211 @@
+"""The public metrics API: registry, validation errors, label remapping, jit, score_zoo, the CLI."""
+
+import csv
+
+import jax
+import numpy as np
+import pytest
+
+from mspider_jax import cli
+from mspider_jax import metrics as M
+from mspider_jax.metrics import _registry
+from mspider_jax.metrics.synthetic import make_task
+
+TASK = make_task(120, 12, 4, 20, seed=3)
+OTHER = make_task(120, 16, 4, 20, seed=4)  # same labels layout, another feature dim
+FEATURES, LOGITS, LABELS = TASK.features, TASK.logits, TASK.labels
+
+
+def test_names_in_table_order_and_specs():
+    names = M.names()
+    mine = ["hscore", "leep", "logme", "nce", "pactran_dirichlet", "pactran_gamma", "lfc", "transrate", "emms"]
+    assert [n for n in names if n in mine] == mine
+    assert M.get("logme").targets == {"classification", "regression"}
+    assert M.get("leep").needs == {"logits"}
+
+
+def test_unknown_metric_lists_names():
+    with pytest.raises(ValueError, match="unknown metric 'nope'.*hscore"):
+        M.score("nope", features=FEATURES, labels=LABELS)
+
+
+def test_missing_input_is_named():
+    with pytest.raises(ValueError, match="'logits' is required"):
+        M.score("leep", features=FEATURES, labels=LABELS)
+    with pytest.raises(ValueError, match="'features' is required"):
+        M.score("hscore", logits=LOGITS, labels=LABELS)
+
+
+def test_bad_convention_and_option():
+    with pytest.raises(ValueError, match="convention"):
+        M.score("hscore", features=FEATURES, labels=LABELS, convention="google")
+    with pytest.raises(ValueError, match="unknown option 'bogus'"):
+        M.score("hscore", features=FEATURES, labels=LABELS, bogus=1)
+
+
+def test_wrong_target_type():
+    with pytest.raises(ValueError, match="regression targets are not supported"):
+        M.score("hscore", features=FEATURES, labels=LABELS.astype(np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        M.score("hscore", features=FEATURES, labels=LABELS.astype(str))
+
+
+def test_wrong_shapes():
+    with pytest.raises(ValueError, match="120 rows but labels have 119"):
+        M.score("hscore", features=FEATURES, labels=LABELS[:-1])
+    with pytest.raises(ValueError, match="expected 2 dimensions"):
+        M.score("hscore", features=FEATURES[:, 0], labels=LABELS)
+    with pytest.raises(ValueError, match="1-D"):
+        M.score("hscore", features=FEATURES, labels=LABELS[:, None])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs(bad):
+    features = FEATURES.copy()
+    features[3, 2] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        M.score("hscore", features=features, labels=LABELS)
+    logits = LOGITS.copy()
+    logits[0, 0] = bad
+    with pytest.raises(ValueError, match="logits: contains 1 non-finite"):
+        M.score("leep", logits=logits, labels=LABELS)
+
+
+def test_one_sample_class_and_too_few_classes():
+    labels = LABELS.copy()
+    labels[0] = 9  # a class with a single sample
+    with pytest.warns(UserWarning, match="not contiguous"):
+        with pytest.raises(ValueError, match="fewer than 2 samples"):
+            M.score("hscore", features=FEATURES, labels=labels)
+    # LEEP documents that one-sample classes are fine.
+    with pytest.warns(UserWarning, match="not contiguous"):
+        assert np.isfinite(M.score("leep", logits=LOGITS, labels=labels))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        M.score("hscore", features=FEATURES, labels=np.zeros(120, np.int64))
+
+
+def test_non_contiguous_labels_are_remapped_with_a_warning():
+    # Sorted-order remap: 10 < 20 < 30 < 40 -> 0..3 gives the same partition and the same score.
+    labels = (LABELS + 1) * 10
+    with pytest.warns(UserWarning, match="remapped to 0..3"):
+        remapped = M.score("hscore", features=FEATURES, labels=labels)
+    assert remapped == M.score("hscore", features=FEATURES, labels=LABELS)
+
+
+def test_non_finite_result_is_an_error():
+    # All-zero features: LogME's evidence has log(α = 0) -> a clear error, not a NaN/inf score.
+    with pytest.raises(ValueError, match="not finite"):
+        M.score("logme", features=np.zeros_like(FEATURES), labels=LABELS)
+
+
+@pytest.mark.parametrize("name", ["hscore", "leep"])
+def test_jit_and_eager_agree(name):
+    jitted = M.score(name, features=FEATURES, logits=LOGITS, labels=LABELS)
+    with jax.disable_jit():
+        eager = M.score(name, features=FEATURES, logits=LOGITS, labels=LABELS)
+    assert eager == pytest.approx(jitted, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hscore", "logme", "transrate"])
+def test_score_zoo_equals_loop_and_groups_dims(name):
+    zoo = [FEATURES, OTHER.features, FEATURES * np.float32(0.5) + np.float32(1.0)]
+    values = M.score_zoo(name, features=zoo, labels=LABELS)
+    loop = [M.score(name, features=f, labels=LABELS) for f in zoo]
+    assert values.shape == (3,)
+    # The lone 16-dim model takes score's own path (bit-identical); the vmapped pair may differ by the
+    # float32 rounding of batched matmuls only.
+    assert values[1] == loop[1]
+    np.testing.assert_allclose(values, loop, rtol=2e-6)
+    stacked = M.score_zoo(name, features=np.stack([zoo[0], zoo[2]]), labels=LABELS)
+    np.testing.assert_allclose(stacked, [loop[0], loop[2]], rtol=2e-6)
+
+
+def test_score_zoo_logits_and_bad_model():
+    zoo = [LOGITS, OTHER.logits]
+    loop = [M.score("leep", logits=z, labels=LABELS) for z in zoo]
+    np.testing.assert_allclose(M.score_zoo("leep", logits=zoo, labels=LABELS), loop, rtol=2e-6)
+    with pytest.raises(ValueError, match=r"\(model 1\).*non-finite"):
+        M.score_zoo("hscore", features=[FEATURES, np.full_like(FEATURES, np.nan)], labels=LABELS)
+    with pytest.raises(ValueError, match="list of"):
+        M.score_zoo("hscore", features=FEATURES, labels=LABELS)  # one model must be a list or [M, N, D]
+
+
+@pytest.fixture
+def zoo_relative_metric():
+    """A throw-away zoo-relative metric (components = mean feature, max feature), removed afterwards."""
+
+    def components(*, features, labels, num_classes, convention, key):
+        del labels, num_classes, convention, key
+        return jax.numpy.stack([features.mean(), features.max()])
+
+    spec = M.register(M.MetricSpec(
+        name="_test_zoo_relative", fn=components, needs=frozenset({"features"}), is_zoo_relative=True,
+        combine_zoo=lambda c: c[:, 0] - c[:, 1].min(),
+    ))
+    yield spec.name
+    _registry._REGISTRY.pop(spec.name)
+
+
+@pytest.fixture
+def two_input_metric():
+    """A throw-away metric needing features and logits (for per-model input checks), removed afterwards."""
+
+    def fn(*, features, logits, labels, num_classes, convention, key):
+        del labels, num_classes, convention, key
+        return features.mean() + logits.mean()
+
+    spec = M.register(M.MetricSpec(name="_test_two_inputs", fn=fn, needs=frozenset({"features", "logits"})))
+    yield spec.name
+    _registry._REGISTRY.pop(spec.name)
+
+
+def test_score_zoo_checks_model_counts(two_input_metric):
+    with pytest.raises(ValueError, match="number of models"):
+        M.score_zoo(two_input_metric, features=[FEATURES], logits=[LOGITS, LOGITS], labels=LABELS)
+    values = M.score_zoo(two_input_metric, features=[FEATURES, OTHER.features], logits=[LOGITS, OTHER.logits], labels=LABELS)
+    np.testing.assert_allclose(values, [FEATURES.mean() + LOGITS.mean(), OTHER.features.mean() + OTHER.logits.mean()], rtol=1e-5)
+
+
+def test_zoo_relative_metrics(zoo_relative_metric):
+    with pytest.raises(ValueError, match="score_zoo"):
+        M.score(zoo_relative_metric, features=FEATURES, labels=LABELS)
+    parts = M.score_components(zoo_relative_metric, features=FEATURES, labels=LABELS)
+    np.testing.assert_allclose(parts, [FEATURES.mean(), FEATURES.max()], rtol=1e-6)
+    zoo = [FEATURES, OTHER.features]
+    expected = np.array([f.mean() for f in zoo]) - min(f.max() for f in zoo)
+    np.testing.assert_allclose(M.score_zoo(zoo_relative_metric, features=zoo, labels=LABELS), expected, rtol=1e-6)
+
+
+def test_cli_npz_zoo_writes_csv(tmp_path, capsys):
+    path = tmp_path / "zoo.npz"
+    np.savez(path, labels=LABELS, features_a=FEATURES, logits_a=LOGITS, features_b=OTHER.features, logits_b=OTHER.logits)
+    out = tmp_path / "scores.csv"
+    assert cli.main(["metrics", "--npz", str(path), "--metrics", "hscore,leep", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | hscore | leep |" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert [r["model"] for r in rows] == ["a", "b"]
+    assert float(rows[1]["hscore"]) == pytest.approx(M.score("hscore", features=OTHER.features, labels=LABELS), rel=1e-12)
+    assert float(rows[0]["leep"]) == pytest.approx(M.score("leep", logits=LOGITS, labels=LABELS), rel=2e-6)
+
+
+def test_cli_reports_skipped_metrics(tmp_path, capsys):
+    path = tmp_path / "one.npz"
+    np.savez(path, labels=LABELS, features=FEATURES)
+    assert cli.main(["metrics", "--npz", str(path), "--metrics", "hscore,leep"]) == 1  # leep needs logits
+    captured = capsys.readouterr()
+    assert "skipping leep: needs logits" in captured.err
+    assert "| model | 2." in captured.out.replace(f"{M.score('hscore', features=FEATURES, labels=LABELS):.6g}", "2.")
+
+
+def test_cli_reads_the_feature_store(tmp_path, capsys):
+    from mspider_jax.features import FeatureStore
+
+    store = FeatureStore(tmp_path / "store")
+    store.write("toy", "train", "m1", features=FEATURES, labels=LABELS, logits=LOGITS)
+    store.write("toy", "train", "m2", features=OTHER.features, labels=LABELS, logits=OTHER.logits)
+    out = tmp_path / "s.csv"
+    assert cli.main(["metrics", "--store", str(tmp_path / "store"), "--dataset", "toy", "--metrics", "hscore", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["model"] for r in rows] == ["m1", "m2"]
+    assert float(rows[0]["hscore"]) == pytest.approx(M.score("hscore", features=FEATURES, labels=LABELS), rel=1e-12)
