@@ -272,8 +272,10 @@ Versions: {", ".join(f"{k} {v}" for k, v in manifest['versions'].items())}.
 ## Licences of the sources
 
 Fashion-MNIST: MIT (Zalando Research). scikit-learn's digits (UCI optical recognition of handwritten
-digits, CC BY 4.0) and sample images; scikit-image's data images (public domain / CC0 or as stated in
-scikit-image's `data/README.txt`). Fonts: Noto (SIL OFL 1.1), DejaVu (Bitstream Vera licence),
+digits, CC BY 4.0) and sample photos (CC BY 2.0; pretraining only, not shipped); scikit-image's data
+images (public domain / CC0 / "no known copyright restrictions" as documented in
+`skimage/data/_fetchers.py`; moon and page state none and come with scikit-image, BSD-3; the
+motorcycle photo is from the Middlebury 2014 stereo benchmark, pretraining only). See data/README.md. Fonts: Noto (SIL OFL 1.1), DejaVu (Bitstream Vera licence),
 Liberation (SIL OFL 1.1), GNU FreeFont (GPL-3+ with font exception), URW base35 (AGPL-3 with font
 exception), Because We (bwht, SIL OFL 1.1), dkg handwriting (SIL OFL 1.1), Humor Sans (SIL OFL
 1.1). The procedural data (shapes, arrows, textures) is generated. The models and ground truth are
