@@ -251,3 +251,32 @@ def acceptance_summary(records: Sequence[dict], models: Sequence[str]) -> dict[s
                 num_targets=len(datasets),
                 mean_between_target_tau=float(np.mean(between)) if between else None,
                 mean_seed_tau=float(np.mean(seed_taus)) if seed_taus else None)
+
+
+def metric_weighted_tau(store, records: Sequence[dict], models: Sequence[str], metric: str = "logme",
+                        split: str = "train") -> tuple[float, dict[str, float]]:
+    """How well a transferability metric ranks the zoo on each target: the benchmark's weighted
+    Kendall tau (`mspider_jax.evaluation.measures.weighted_tau`, raw form) between the fine-tuning
+    accuracies and the metric's scores on the store's features.
+
+    Args:
+      store: FeatureStore with every (dataset of `records`, split, model).
+      records: target ground-truth records.
+      models: zoo order.
+
+    Returns:
+      (mean over datasets, {dataset: tau}).
+    """
+    from mspider_jax import metrics
+    from mspider_jax.evaluation.measures import weighted_tau
+
+    datasets, table = records_to_table(records, models, "accuracy")
+    per_dataset = {}
+    for dataset, truth in zip(datasets, table):
+        scores = []
+        for model in models:
+            entry = store.read(dataset, split, model)
+            scores.append(metrics.score(metric, features=np.asarray(entry.features, np.float32),
+                                        labels=np.asarray(entry.labels)))
+        per_dataset[dataset] = weighted_tau(truth, np.asarray(scores))
+    return float(np.mean(list(per_dataset.values()))), per_dataset

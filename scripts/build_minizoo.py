@@ -8,6 +8,7 @@ Re-running with the same --workdir skips every finished item. See converters/min
 
 import os
 import pathlib
+import signal
 import sys
 
 # OpenMP threads that spin while waiting are 10-50x slower when other processes share the cores;
@@ -30,9 +31,16 @@ _ALLOW = flags.DEFINE_bool("allow_config_change", False,
                            "Continue a work directory made with another config (delete stale stages first).")
 
 
+def _raise_interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt("terminated")
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.INFO)
+    # `kill` interrupts like Ctrl-C, so the stage in progress records its time before exiting.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     build.build(_CONFIG.value, _WORKDIR.value, _OUTPUT.value, _STAGES.value, _ALLOW.value)
 
 

@@ -25,22 +25,17 @@ not depend on which other items exist or on the order they run in.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
 import pathlib
-import platform
-import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -166,10 +161,17 @@ class Builder:
 
         return derive_seed(self.config.seed, *parts)
 
-    def _add_time(self, stage: str, seconds: float) -> None:
+    def _add_time(self, stage: str, wall: float, cpu: float) -> None:
+        """Accumulates a stage's wall-clock and process CPU seconds (all threads) in timings.json;
+        CPU time does not depend on what else runs on the machine."""
         path = self.workdir / "timings.json"
         timings = json.loads(path.read_text()) if path.exists() else {}
-        timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
+        if timings and "wall" not in timings:  # first format: {stage: wall seconds}
+            timings = dict(wall=timings, cpu={})
+        timings.setdefault("wall", {})
+        timings.setdefault("cpu", {})
+        timings["wall"][stage] = round(timings["wall"].get(stage, 0.0) + wall, 1)
+        timings["cpu"][stage] = round(timings["cpu"].get(stage, 0.0) + cpu, 1)
         atomic_write_json(path, timings)
 
     def run(self, stages: Sequence[str] = STAGES) -> pathlib.Path:
@@ -184,12 +186,14 @@ class Builder:
         for stage in STAGES:
             if stage not in stages:
                 continue
-            start = time.time()
+            start, cpu_start = time.time(), time.process_time()
             log.info("=== stage %s ===", stage)
-            getattr(self, f"stage_{stage}")()
-            elapsed = time.time() - start
-            self._add_time(stage, elapsed)
-            log.info("=== stage %s done in %.0f s ===", stage, elapsed)
+            try:
+                getattr(self, f"stage_{stage}")()
+            finally:  # an interrupted stage's time counts too (its finished items are kept)
+                elapsed, cpu = time.time() - start, time.process_time() - cpu_start
+                self._add_time(stage, elapsed, cpu)
+            log.info("=== stage %s done in %.0f s (CPU %.0f s) ===", stage, elapsed, cpu)
         return self.output
 
     def _items(self, stage: str, items: Sequence, done: Callable[[Any], bool],

@@ -21,7 +21,7 @@ import json
 import pathlib
 import platform
 import shutil
-import sys
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -127,18 +127,30 @@ def write_artifact(builder: Builder) -> pathlib.Path:
     write_csv(staging / "ground_truth_training.csv", training_records)
     tasks = [dict(name=spec["name"], classes=[f"{d}:{n}" for d, n, _ in spec["classes"]])
              for spec in builder.task_specs()]
-    timings = json.loads((builder.workdir / "timings.json").read_text()) \
-        if (builder.workdir / "timings.json").exists() else {}
+    timings_path = builder.workdir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    if timings and "wall" not in timings:  # first format: {stage: wall seconds}
+        timings = dict(wall=timings, cpu={})
+    wall, cpu = timings.get("wall", {}), timings.get("cpu", {})
     from mspider_jax import minizoo as library
 
     summary = library.acceptance_summary(target_records, [m["name"] for m in models])
+    try:  # LogME on the build's features of the targets' training splits (same as the shipped ones)
+        summary["logme_weighted_tau"], summary["logme_weighted_tau_per_target"] = \
+            library.metric_weighted_tau(builder.store(), target_records, [m["name"] for m in models])
+    except (ImportError, ValueError) as err:  # e.g. a constant ranking on a tiny build
+        build_lib.log.warning("LogME weighted tau not computed: %s", err)
+        summary["logme_weighted_tau"] = None
     manifest = dict(
         format=build_lib.ARTIFACT_FORMAT, name=config.name, accuracy_unit="percent",
         preprocessing=build_lib.PREPROCESSING, models=models, generic=generic, targets=targets,
         training_tasks=tasks, sources={s: SOURCE_DESCRIPTIONS.get(s, "") for s in config.sources},
         versions=versions(), config=build_lib.config_to_dict(config),
         build=dict(finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   stage_seconds=timings, total_seconds=round(sum(timings.values()), 1),
+                   stage_seconds=wall, total_seconds=round(sum(wall.values()), 1),
+                   stage_cpu_seconds=cpu, total_cpu_seconds=round(sum(cpu.values()), 1),
+                   # CPU seconds of the process that ran this package stage, since it started.
+                   process_cpu_seconds=round(time.process_time(), 1),
                    threads=config.threads),
         summary=summary)
     (staging / "README.md").write_text(render_readme(manifest))
@@ -265,8 +277,11 @@ python scripts/build_minizoo.py --config configs/minizoo.py --workdir /tmp/miniz
 The build resumes from its work directory after an interruption and keeps every intermediate
 output there (including the features of every training task for every PTM, in
 `<workdir>/store`, for metric-based labels). This artifact took
-{build['total_seconds'] / 60:.0f} min of build time with {build['threads']} threads
-(per stage, seconds: {", ".join(f"{k} {v:.0f}" for k, v in build['stage_seconds'].items())}).
+{build['total_seconds'] / 60:.0f} min of wall-clock build time with {build['threads']} threads, on a
+machine shared with other jobs (wall seconds per stage:
+{", ".join(f"{k} {v:.0f}" for k, v in build['stage_seconds'].items())}). CPU seconds per stage:
+{", ".join(f"{k} {v:.0f}" for k, v in build['stage_cpu_seconds'].items()) or "not recorded"}; the
+process that finished the build used {build['process_cpu_seconds'] / 60:.0f} min of CPU time.
 Versions: {", ".join(f"{k} {v}" for k, v in manifest['versions'].items())}.
 
 ## Licences of the sources
