@@ -10,18 +10,19 @@ from flax import nnx
 from mspider_jax.spider import model as model_lib
 from mspider_jax.spider import tokens
 
-MODEL_DIMS = (4, 6, 3)
+MODEL_DIMS = (6, 8, 5, 7)  # the synthetic zoo of the other spider tests: shared compilations
+GENERIC_DIM = 12
 
 
 @functools.lru_cache(maxsize=None)
 def _ranker(width=16, num_heads=1, depth=1, seed=0, model_dims=MODEL_DIMS):
     """Rankers are shared between tests (initialisation compiles one program per parameter shape)."""
-    return model_lib.Ranker(num_models=len(model_dims), generic_dim=5, model_dims=model_dims, width=width,
+    return model_lib.Ranker(num_models=len(model_dims), generic_dim=GENERIC_DIM, model_dims=model_dims, width=width,
                             num_heads=num_heads, depth=depth, dropout=0.1, rngs=nnx.Rngs(seed))
 
 
 def _inputs(rng, batch=3, generic_length=8, specific_length=4, model_dims=MODEL_DIMS):
-    generic = rng.normal(size=(batch, generic_length, 5)).astype(np.float32)
+    generic = rng.normal(size=(batch, generic_length, GENERIC_DIM)).astype(np.float32)
     generic_mask = np.arange(generic_length)[None] < rng.integers(1, generic_length + 1, size=(batch, 1))
     specific = rng.normal(size=(batch, len(model_dims), specific_length, max(model_dims))).astype(np.float32)
     specific_mask = rng.random((batch, len(model_dims), specific_length)) < 0.6
@@ -66,7 +67,7 @@ def test_efficient_form_matches_full_sequence_attention(rng, num_heads, depth):
 def test_shuffling_the_zoo_shuffles_the_scores(rng):
     ranker = _ranker()
     generic, generic_mask, specific, specific_mask = _inputs(rng)
-    perm = np.array([2, 0, 1])
+    perm = np.array([2, 0, 3, 1])
     permuted = _ranker(seed=1, model_dims=tuple(MODEL_DIMS[i] for i in perm))
     # Same weights, zoo order permuted (kernels keep their own d_m rows; the rest is zero padding).
     state = nnx.state(ranker, nnx.Param)
@@ -87,10 +88,11 @@ def test_padded_rows_do_not_change_scores(rng):
     generic, generic_mask, specific, specific_mask = _inputs(rng, generic_length=8, specific_length=4)
     base = _scores(ranker, generic, generic_mask, specific, specific_mask)
     # Longer padding, filled with garbage (masked rows must be ignored whatever they hold).
-    long_generic = np.concatenate([generic, 50 * rng.normal(size=(3, 24, 5)).astype(np.float32)], axis=1)
+    long_generic = np.concatenate([generic, 50 * rng.normal(size=(3, 24, GENERIC_DIM)).astype(np.float32)], axis=1)
     long_generic_mask = np.concatenate([generic_mask, np.zeros((3, 24), bool)], axis=1)
-    long_specific = np.concatenate([specific, 50 * rng.normal(size=(3, 3, 4, 6)).astype(np.float32)], axis=2)
-    long_specific_mask = np.concatenate([specific_mask, np.zeros((3, 3, 4), bool)], axis=2)
+    extra = (3, len(MODEL_DIMS), 4)
+    long_specific = np.concatenate([specific, 50 * rng.normal(size=(*extra, 8)).astype(np.float32)], axis=2)
+    long_specific_mask = np.concatenate([specific_mask, np.zeros(extra, bool)], axis=2)
     garbage_generic = np.where(generic_mask[..., None], generic, 1e3)
     np.testing.assert_allclose(_scores(ranker, long_generic, long_generic_mask, long_specific, long_specific_mask),
                                base, atol=1e-5)
@@ -105,10 +107,10 @@ def test_fully_masked_specific_block_equals_no_block_and_leaves_others_unchanged
     none_enriched = _scores(ranker, generic, generic_mask, specific, np.zeros_like(specific_mask))
     np.testing.assert_allclose(none_enriched, stage1, atol=1e-6)
     only_model_2 = specific_mask.copy()
-    only_model_2[:, :2] = False
+    only_model_2[:, [0, 1, 3]] = False
     only_model_2[:, 2, 0] = True
     scores = _scores(ranker, generic, generic_mask, specific, only_model_2)
-    np.testing.assert_allclose(scores[:, :2], stage1[:, :2], atol=1e-6)
+    np.testing.assert_allclose(scores[:, [0, 1, 3]], stage1[:, [0, 1, 3]], atol=1e-6)
     assert np.abs(scores[:, 2] - stage1[:, 2]).min() > 1e-4
 
 
@@ -135,11 +137,11 @@ def test_initialisation_follows_the_released_code():
     assert np.std(qkv) == pytest.approx(np.sqrt(2.0 / (width + width)), rel=0.1)  # N(0, 2/(D+d_k))
     assert np.std(block.output.kernel[...]) == pytest.approx(np.sqrt(2.0 / (2 * width)), rel=0.15)  # Xavier
     assert 0 < np.abs(block.output.bias[...]).max() <= 1 / np.sqrt(width)
-    for layer, fan_in in ((ranker.generic_projection, 5), (ranker.head, width)):
+    for layer, fan_in in ((ranker.generic_projection, GENERIC_DIM), (ranker.head, width)):
         bound = 1 / np.sqrt(fan_in)  # PyTorch Linear: U(±1/sqrt(fan_in)) for weights and bias
         assert np.abs(layer.kernel[...]).max() <= bound and np.abs(layer.bias[...]).max() <= bound
         assert np.abs(layer.bias[...]).max() > 0
-    assert np.abs(ranker.generic_projection.kernel[...]).max() > 0.9 / np.sqrt(5)  # uniform up to the bound
+    assert np.abs(ranker.generic_projection.kernel[...]).max() > 0.9 / np.sqrt(GENERIC_DIM)  # uniform up to the bound
     kernel = np.asarray(ranker.model_projections.kernel[...])
     bias = np.asarray(ranker.model_projections.bias[...])
     for m, dim in enumerate(MODEL_DIMS):
@@ -155,10 +157,11 @@ def test_bad_inputs_raise():
     ranker = _ranker()
     with pytest.raises(ValueError, match="generic must be"):
         ranker(np.zeros((2, 8, 4)), np.ones((2, 8), bool))
+    generic, generic_mask = np.zeros((2, 8, GENERIC_DIM)), np.ones((2, 8), bool)
     with pytest.raises(ValueError, match="specific must be"):
-        ranker(np.zeros((2, 8, 5)), np.ones((2, 8), bool), np.zeros((2, 3, 4, 5)), np.ones((2, 3, 4), bool))
+        ranker(generic, generic_mask, np.zeros((2, 4, 4, 5)), np.ones((2, 4, 4), bool))
     with pytest.raises(ValueError, match="both"):
-        ranker(np.zeros((2, 8, 5)), np.ones((2, 8), bool), np.zeros((2, 3, 4, 6)))
+        ranker(generic, generic_mask, np.zeros((2, 4, 4, 8)))
     with pytest.raises(ValueError, match="divisible"):
         _ranker(width=10, num_heads=4)
 

@@ -1,0 +1,45 @@
+"""Model Spider on the offline mini zoo (`data/minizoo/`, built by scripts/build_minizoo.py).
+
+  python scripts/train.py --config=configs/spider_minizoo.py --workdir=/tmp/spider_minizoo
+  python scripts/train.py --config=configs/spider_minizoo.py:smoke --workdir=/tmp/smoke \
+      --config.data.models="('m0','m1')" --config.data.train.bank=... --config.data.train.ground_truth=... \
+      --config.data.targets.bank=... --config.data.targets.ground_truth=...
+
+The mini zoo is small (few PTMs, low-dimensional features), so the ranker is narrow (width 128): the
+checkpoint is a few MB and training takes minutes on CPU. `smoke` is a seconds-long run on data that
+the caller provides (the tests build a tiny synthetic bank); its paths must be set on the command line.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import spider_base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, smoke=False, seed=0)
+    config = spider_base.base_config(arg.seed)
+    config.data.zoo = "minizoo"
+    config.data.num_val_tasks = 4
+    config.data.train = spider_base.task_source(
+        bank="data/minizoo/training_tasks.npz", ground_truth="data/minizoo/ground_truth_training.csv")
+    config.data.targets = spider_base.task_source(
+        store="minizoo", ground_truth="data/minizoo/ground_truth_targets.csv")
+    config.model.width = 128
+    config.train.epochs = 30
+    config.train.batch_size = 16
+    if arg.smoke:
+        config.data.zoo = ""
+        config.data.num_val_tasks = 2
+        config.data.train = spider_base.task_source()
+        config.data.targets = spider_base.task_source()
+        config.model.width = 16
+        config.model.num_heads = 2
+        config.train.epochs = 2
+        config.train.batch_size = 4
+        config.train.k_max = 2
+        config.train.log_every_steps = 1
+        config.train.checkpoint_every_steps = 2
+        config.eval.batch_size = 4
+        config.eval.latency_repeats = 0
+    return config

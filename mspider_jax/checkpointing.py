@@ -1,0 +1,151 @@
+"""Checkpoints with orbax (the only module of the package that imports orbax).
+
+A checkpoint directory is managed by `ocp.CheckpointManager`; each step holds up to three items:
+  params     (StandardSave)  pure-dict parameters of the ranker, `nnx.to_pure_dict(nnx.state(model))`
+  opt_state  (StandardSave)  the optax state (absent from "best" checkpoints, which serve inference)
+  meta       (JsonSave)      step, epoch, metrics, the model's constructor kwargs ("model"), the zoo
+                             ("model_names") and the run's config ("config")
+Parameters and optimiser state are separate items so that inference restores the parameters alone.
+Restores go against an abstract target (shapes, dtypes, shardings), e.g. from `nnx.eval_shape`.
+
+A training workdir holds `ckpt/` (latest steps, for resuming) and `best/` (one step, best validation
+score); `load_ranker(workdir)` reads `best/` (or `ckpt/` if there is no best).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+LATEST_DIR = "ckpt"
+BEST_DIR = "best"
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shape/dtype/sharding stand-ins for every array of `tree` (a restore target)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+    """Saves and restores (params, opt_state, meta) at integer steps in one directory."""
+
+    def __init__(self, directory: str | pathlib.Path, max_to_keep: int | None = 2):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, params: Any, meta: dict, opt_state: Any = None) -> None:
+        """Starts an (asynchronous) save; `wait()` or `close()` before relying on it."""
+        items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_meta(self, step: int | None = None) -> dict:
+        step = self._step_or_latest(step)
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+    def restore(self, params_like: Any, opt_state_like: Any = None, step: int | None = None
+                ) -> tuple[Any, Any, dict]:
+        """Restores (params, opt_state or None, meta) against abstract (or concrete) targets."""
+        step = self._step_or_latest(step)
+        items = dict(params=ocp.args.StandardRestore(abstract_like(params_like)), meta=ocp.args.JsonRestore())
+        if opt_state_like is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract_like(opt_state_like))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        opt_state = restored["opt_state"] if opt_state_like is not None else None
+        return restored["params"], opt_state, dict(restored["meta"])
+
+    def restore_raw(self, step: int | None = None) -> tuple[Any, Any, dict]:
+        """Restores (params, opt_state or None, meta) as saved, without a target (host arrays)."""
+        step = self._step_or_latest(step)
+        items = dict(params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        has_opt_state = (self.directory / str(step) / "opt_state").is_dir()
+        if has_opt_state:
+            items["opt_state"] = ocp.args.StandardRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["params"], restored["opt_state"] if has_opt_state else None, dict(restored["meta"])
+
+    def _step_or_latest(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return step
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class BestCheckpoint:
+    """Keeps the parameters of the step with the highest `metric` (one checkpoint)."""
+
+    def __init__(self, directory: str | pathlib.Path, metric: str):
+        self.metric = metric
+        self.checkpoints = Checkpoints(directory, max_to_keep=1)
+        step = self.checkpoints.latest_step()
+        self.value = None if step is None else self.checkpoints.restore_meta(step)["metrics"][metric]
+
+    def maybe_save(self, step: int, params: Any, meta: dict, value: float) -> bool:
+        """Saves if `value` beats the best so far (NaN never does). Returns whether it saved."""
+        if math.isnan(value) or (self.value is not None and value <= self.value):
+            return False
+        self.value = float(value)
+        self.checkpoints.save(step, params, {**meta, "metrics": {**meta.get("metrics", {}), self.metric: value}})
+        return True
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+
+def load_ranker(checkpoint_dir: str | pathlib.Path, step: int | None = None
+                ) -> tuple[Any, ml_collections.ConfigDict]:
+    """Rebuilds a trained `spider.model.Ranker` for inference.
+
+    Args:
+      checkpoint_dir: a training workdir (its best/ checkpoint, else ckpt/), or a checkpoint directory.
+      step: a step of that directory; default the latest (the best for best/).
+
+    Returns:
+      (ranker with restored parameters, the run's config with `model_names` added at its top level).
+    """
+    from mspider_jax.spider import model as model_lib  # the model imports nothing from here
+
+    directory = pathlib.Path(checkpoint_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory {directory}")
+    for candidate in (directory / BEST_DIR, directory / LATEST_DIR):
+        if candidate.is_dir() and any(candidate.iterdir()):
+            directory = candidate
+            break
+    checkpoints = Checkpoints(directory, max_to_keep=None)
+    try:
+        meta = checkpoints.restore_meta(step)
+        kwargs = dict(meta["model"])
+        abstract = nnx.eval_shape(lambda: model_lib.Ranker(**kwargs, rngs=nnx.Rngs(0)))
+        graphdef, abstract_state = nnx.split(abstract)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                              nnx.to_pure_dict(abstract_state))
+        params, _, meta = checkpoints.restore(target, step=step)
+    finally:
+        checkpoints.close()
+    config = ml_collections.ConfigDict(meta.get("config", {}))
+    with config.unlocked():
+        config.model_names = list(meta["model_names"])
+    return nnx.merge(graphdef, params), config

@@ -1,0 +1,188 @@
+"""Model Spider training: sharding, checkpoints, resuming, and the smoke run of scripts/train.py."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import spider_minizoo
+from mspider_jax import checkpointing
+from mspider_jax import sharding
+from mspider_jax.spider import data as data_lib
+from mspider_jax.spider import losses
+from mspider_jax.spider import model as model_lib
+from mspider_jax.spider import prototypes
+from mspider_jax.spider import rank
+from mspider_jax.spider import synthetic
+from mspider_jax.spider import train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODEL_DIMS = (6, 8, 5, 7)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return synthetic.write_synthetic_zoo(tmp_path_factory.mktemp("zoo"), model_dims=MODEL_DIMS)
+
+
+def _smoke_overrides(zoo, with_targets=True):
+    models = "(" + ",".join(repr(m) for m in zoo["models"].split(",")) + ")"
+    flags = {"data.models": models, "data.train.bank": zoo["train_bank"],
+             "data.train.ground_truth": zoo["train_ground_truth"]}
+    if with_targets:
+        flags.update({"data.targets.bank": zoo["targets_bank"],
+                      "data.targets.ground_truth": zoo["targets_ground_truth"]})
+    return flags
+
+
+def _smoke_config(zoo, **fields):
+    config = spider_minizoo.get_config("smoke")
+    config.data.models = tuple(zoo["models"].split(","))
+    config.data.train.bank, config.data.train.ground_truth = zoo["train_bank"], zoo["train_ground_truth"]
+    for key, value in fields.items():
+        node, *path = key.split(".")
+        target = config
+        for part in [node, *path][:-1]:
+            target = target[part]
+        target[key.split(".")[-1]] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def smoke_run(zoo, tmp_path_factory):
+    """The uninterrupted smoke run, through the script (process inherits the 4 fake devices)."""
+    workdir = tmp_path_factory.mktemp("smoke") / "workdir"
+    flags = [f"--config.{key}={value}" for key, value in _smoke_overrides(zoo).items()]
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config=configs/spider_minizoo.py:smoke", f"--workdir={workdir}",
+         *flags], cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result.stderr
+
+
+def test_smoke_run_end_to_end(smoke_run, zoo):
+    workdir, log = smoke_run
+    results = json.loads((workdir / "results.json").read_text())
+    rows = results["rows"]
+    assert "Model Spider (stage 1)" in rows and "Model Spider (stage 2, k=3)" in rows
+    assert "constant prior (training tasks)" in rows
+    assert any(name.startswith("Model Spider paper_compat (OPTIMISTIC") for name in rows)
+    assert any("chosen on validation" in name for name in rows)
+    assert results["tasks"] == ["target0", "target1", "target2"]
+    for row in rows.values():
+        assert -1.0 <= row["weighted_tau"]["low"] <= row["weighted_tau"]["mean"] <= row["weighted_tau"]["high"] <= 1.0
+    assert "latency_per_task" not in results  # smoke skips the timing (rank_task has its own tests)
+    assert "| Model Spider (stage 1) |" in (workdir / "results.md").read_text()
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["specific_length"] == 9  # resolved: the largest class count of the training tasks
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert [r["step"] for r in records if "val_weighted_tau" in r] == [2, 4]
+    assert "ETA" in log and "validation weighted tau" in log
+    # The validation tasks are held-out TRAINING tasks, never targets.
+    assert set(results["validation_tasks"]) <= {f"train{i}" for i in range(10)}
+    # Inference from the best checkpoint reproduces the stage-1 scores of the evaluation.
+    ranker, loaded = checkpointing.load_ranker(workdir)
+    assert loaded.model_names == list(zoo["models"].split(","))
+    targets = data_lib.taskset_from_bank(
+        prototypes.load_prototype_bank(zoo["targets_bank"]),
+        loaded.model_names, np.zeros((3, 4)))
+    stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
+    np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(smoke_run, zoo, tmp_path):
+    reference_dir, _ = smoke_run
+    workdir = tmp_path / "resumed"
+    # "Kill" after step 3: the last checkpoint is step 2 (checkpoint_every_steps = 2).
+    killed = train_lib.train_and_evaluate(_smoke_config(zoo, **{"train.stop_after_step": 3}), workdir)
+    assert killed == {"stopped_at": 3}
+    latest = checkpointing.Checkpoints(workdir / "ckpt")
+    assert latest.latest_step() == 2
+    latest.close()
+    train_lib.train_and_evaluate(_smoke_config(zoo), workdir)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # step 3 of the killed run dropped
+
+    def final_params(directory):
+        checkpoints = checkpointing.Checkpoints(directory / "ckpt")
+        params, _, meta = checkpoints.restore_raw(4)
+        checkpoints.close()
+        return params, meta
+
+    resumed, meta = final_params(workdir)
+    reference, _ = final_params(reference_dir)
+    assert meta["step"] == 4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), resumed, reference)
+
+
+def test_sharded_batch_gives_the_same_loss_and_gradients(zoo):
+    assert len(jax.devices()) == 4
+    bank = prototypes.load_prototype_bank(zoo["train_bank"])
+    names = zoo["models"].split(",")
+    taskset = data_lib.taskset_from_bank(bank, names, np.random.default_rng(0).normal(size=(len(bank), 4)))
+    enriched = data_lib.sample_enrichment(np.random.default_rng(1), taskset.has_prototypes()[:8], 2, 2)
+    batch = data_lib.make_batch(taskset, range(8), model_dims=MODEL_DIMS, specific_length=5, enriched=enriched)
+    ranker = model_lib.Ranker(num_models=4, generic_dim=12, model_dims=MODEL_DIMS, width=16, num_heads=2,
+                              rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(ranker)
+    params = nnx.to_pure_dict(state)
+    # Deterministic mode (no dropout): dropout would only add its random-bit program to compile.
+    grad_fn = jax.jit(jax.value_and_grad(
+        lambda p, b: train_lib.batch_objective(graphdef, p, b, None, losses.plackett_luce)))
+    single = jax.device_put((params, batch), jax.devices()[0])
+    loss_1, grads_1 = grad_fn(*single)
+    mesh = sharding.mesh()
+    sharded_batch = sharding.shard_batch(batch, mesh)
+    assert len(sharded_batch.generic.sharding.device_set) == 4
+    loss_4, grads_4 = grad_fn(sharding.replicate(params, mesh), sharded_batch)
+    assert len(loss_4.sharding.device_set) == 4  # really computed on the 4 devices
+    np.testing.assert_allclose(float(loss_4), float(loss_1), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_4, grads_1)
+    with pytest.raises(ValueError, match="not divisible"):
+        sharding.shard_batch(np.zeros((6, 2)), mesh)
+
+
+def test_learning_rate_is_cosine_annealed_per_epoch():
+    optim = ml_collections.ConfigDict(dict(lr=2.5e-4, final_lr=5e-6))
+    schedule = train_lib.learning_rate_schedule(optim, steps_per_epoch=3, epochs=30)
+    for step in (0, 2, 3, 44, 89):
+        epoch = step // 3 + 1  # the spec's 1-based epoch
+        expected = 5e-6 + (2.5e-4 - 5e-6) * (1 + np.cos(np.pi * (epoch - 1) / 30)) / 2
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_checkpoints_round_trip_and_best_tracking(tmp_path):
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(2, np.float32)}}
+    opt_state = (np.zeros(3, np.float32), {"count": np.array(7, np.int32)})
+    checkpoints = checkpointing.Checkpoints(tmp_path / "ckpt", max_to_keep=2)
+    for step in (1, 2, 3):
+        checkpoints.save(step, jax.tree.map(lambda x: x * step, params), {"step": step}, opt_state)
+    checkpoints.wait()
+    assert checkpoints.all_steps() == [2, 3] and checkpoints.latest_step() == 3
+    restored, restored_opt, meta = checkpoints.restore(params, opt_state)
+    assert meta == {"step": 3}
+    np.testing.assert_array_equal(restored["w"], params["w"] * 3)
+    assert int(restored_opt[1]["count"]) == 7
+    checkpoints.close()
+
+    best = checkpointing.BestCheckpoint(tmp_path / "best", "tau")
+    assert best.value is None
+    assert best.maybe_save(1, params, {"step": 1}, 0.5)
+    assert not best.maybe_save(2, params, {"step": 2}, 0.4)
+    assert not best.maybe_save(3, params, {"step": 3}, float("nan"))
+    assert best.maybe_save(4, params, {"step": 4}, 0.7)
+    best.close()
+    reopened = checkpointing.BestCheckpoint(tmp_path / "best", "tau")
+    assert reopened.value == 0.7 and reopened.checkpoints.all_steps() == [4]
+    reopened.close()
+    with pytest.raises(FileNotFoundError):
+        checkpointing.load_ranker(tmp_path / "nothing_here")
