@@ -186,3 +186,24 @@ def test_checkpoints_round_trip_and_best_tracking(tmp_path):
     reopened.close()
     with pytest.raises(FileNotFoundError):
         checkpointing.load_ranker(tmp_path / "nothing_here")
+
+
+def test_paper_zoo_configs_match_the_published_tables():
+    from configs import spider_multi_source, spider_single_source
+
+    single = spider_single_source.get_config("store=/features")
+    assert len(single.data.models) == 10 and single.data.train.store == "/features"
+    assert not set(single.data.val_tasks) - set(single.data.train.tasks)  # validation = held-out training tasks
+    assert not set(single.data.train.tasks) & set(single.data.targets.tasks)
+    multi = spider_multi_source.get_config()
+    assert len(multi.data.models) == 42 and len(multi.data.train.tasks) == 96
+    for config in (single, multi):
+        assert (config.model.width, config.optim.lr, config.train.epochs, config.train.batch_size) == (1024, 2.5e-4, 30, 16)
+        names = list(config.data.train.tasks)
+        truth = data_lib.performance_from_csv(
+            REPO / config.data.train.ground_truth, names, config.data.models, task_column=config.data.train.task_column,
+            value_column=config.data.train.value_column, where=train_lib._csv_where(config.data.train.where))
+        assert (~np.isnan(truth)).sum(axis=1).min() >= 2
+        targets = data_lib.performance_from_csv(REPO / config.data.targets.ground_truth, list(config.data.targets.tasks),
+                                                config.data.models)
+        assert not np.isnan(targets).any()
