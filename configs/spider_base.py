@@ -1,22 +1,35 @@
 """Defaults shared by the Model Spider configs (`configs/spider_*.py`), = the paper's protocol.
 
-Spec shared/specs/model_spider.md §4 (architecture) and §6.2 (optimisation). Not a config file on its
+Spec shared/specs/model_spider.md §4 (architecture) and §6.2 (optimisation). Not a config file on
+its
 own: `get_config` returns these defaults with empty data sources (fill `data`).
 """
 
+import pathlib
+
 import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def repo_path(relative: str) -> str:
+    """An absolute path inside the repository (configs work from any working directory)."""
+    return str(REPO / relative)
 
 
 def task_source(**overrides) -> ml_collections.ConfigDict:
-    """Where one split's tasks come from: a prototype bank OR a feature store, plus a ground-truth CSV.
+    """Where one split's tasks come from: a prototype bank OR a feature store, plus a ground-truth
+    CSV.
 
-    bank: prototype bank .npz (mspider_jax.spider.prototypes); store: feature store root ("minizoo" = the
-    offline mini zoo's target store); split: store split; tasks: task names (empty = all of the source);
-    ground_truth: long CSV read with task_column / model_column / value_column, keeping the rows that
-    match `where` ("column=value,...").
+    bank: prototype bank .npz (mspider_jax.spider.prototypes); store: feature store root ("minizoo"
+      = the
+    offline mini zoo's target store); split: store split; store_prefix: task t is store dataset
+    store_prefix + t; tasks: task names (empty = all tasks of the bank, or of the ground truth for a
+    store); ground_truth: long CSV read with task_column / model_column / value_column, keeping the
+    rows that match `where` ("column=value,...").
     """
     source = ml_collections.ConfigDict(dict(
-        bank="", store="", split="train", tasks=(), ground_truth="",
+        bank="", store="", split="train", store_prefix="", tasks=(), ground_truth="",
         task_column="dataset", model_column="model", value_column="accuracy", where=""))
     source.update(overrides)
     return source
@@ -26,7 +39,7 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = seed
     config.data = ml_collections.ConfigDict(dict(
-        zoo="",                 # "minizoo": the zoo order comes from mspider_jax.minizoo.model_names()
+        zoo="",                 # "minizoo": the zoo order is mspider_jax.minizoo.model_names()
         models=(),              # the zoo, in the order of every score vector
         label="rank",           # training labels: "rank" (paper) or "accuracy"
         generic_model="generic",  # store model name of the generic (task) encoder
@@ -37,10 +50,12 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
     ))
     config.model = ml_collections.ConfigDict(dict(
         width=1024, num_heads=1, depth=1, dropout=0.1,
-        specific_length=0,      # P_h: rows kept of each PTM-specific block; 0 = max classes of the training tasks
+        # P_h: rows kept of each PTM-specific block; 0 = the largest class count of training tasks.
+        specific_length=0,
     ))
     config.loss = ml_collections.ConfigDict(dict(name="plackett_luce", listnet_temperature=1.0))
-    config.optim = ml_collections.ConfigDict(dict(lr=2.5e-4, final_lr=5e-6, b1=0.9, b2=0.999, eps=1e-8))
+    config.optim = ml_collections.ConfigDict(
+        dict(lr=2.5e-4, final_lr=5e-6, b1=0.9, b2=0.999, eps=1e-8))
     config.train = ml_collections.ConfigDict(dict(
         epochs=30, batch_size=16,
         k_min=0, k_max=10,      # PTMs enriched with their own tokens per batch: k ~ U{k_min..k_max}
@@ -52,7 +67,7 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
         choose_k_on_validation=True,   # also report k chosen on the validation tasks ...
         k_choices=(),                  # ... among these (empty = 0..train.k_max)
         paper_compat=True,             # also report the released code's OPTIMISTIC test-chosen k
-        metric_scores="",              # optional CSV dataset,model,metric,score of baselines on the targets
+        metric_scores="",              # optional CSV dataset,model,metric,score on the targets
         batch_size=16,                 # tasks per scoring batch (every batch padded to it)
         latency_repeats=3,             # timed rank_task calls per target (0 = do not measure)
     ))

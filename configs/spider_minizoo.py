@@ -2,18 +2,21 @@
 
   python scripts/train.py --config=configs/spider_minizoo.py --workdir=/tmp/spider_minizoo
   python scripts/train.py --config=configs/spider_minizoo.py:smoke --workdir=/tmp/smoke \
-      --config.data.models="('m0','m1')" --config.data.train.bank=... --config.data.train.ground_truth=... \
+      --config.data.models="('m0','m1')" --config.data.train.bank=...
+      --config.data.train.ground_truth=... \
       --config.data.targets.bank=... --config.data.targets.ground_truth=...
 
 The mini zoo is small (few PTMs, low-dimensional features), so the ranker is narrow (width 128): the
 checkpoint is a few MB and training takes minutes on CPU. `smoke` is a seconds-long run on data that
-the caller provides (the tests build a tiny synthetic bank); its paths must be set on the command line.
+the caller provides (the tests build a tiny synthetic bank); its paths must be set on the command
+line.
 """
 
 import ml_collections
 
 from configs import common
 from configs import spider_base
+from mspider_jax import minizoo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -21,10 +24,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = spider_base.base_config(arg.seed)
     config.data.zoo = "minizoo"
     config.data.num_val_tasks = 4
+    artifact = minizoo.artifact_dir()  # data/minizoo, or $MSPIDER_MINIZOO_DIR
     config.data.train = spider_base.task_source(
-        bank="data/minizoo/training_tasks.npz", ground_truth="data/minizoo/ground_truth_training.csv")
+        bank=str(artifact / minizoo.TRAINING_BANK),
+        ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["training"]))
     config.data.targets = spider_base.task_source(
-        store="minizoo", ground_truth="data/minizoo/ground_truth_targets.csv")
+        store="minizoo", store_prefix=minizoo.TARGET_PREFIX,
+        ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["targets"]))
     config.model.width = 128
     config.train.epochs = 30
     config.train.batch_size = 16

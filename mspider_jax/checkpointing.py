@@ -1,10 +1,10 @@
 """Checkpoints with orbax (the only module of the package that imports orbax).
 
 A checkpoint directory is managed by `ocp.CheckpointManager`; each step holds up to three items:
-  params     (StandardSave)  pure-dict parameters of the ranker, `nnx.to_pure_dict(nnx.state(model))`
-  opt_state  (StandardSave)  the optax state (absent from "best" checkpoints, which serve inference)
-  meta       (JsonSave)      step, epoch, metrics, the model's constructor kwargs ("model"), the zoo
-                             ("model_names") and the run's config ("config")
+  params     (StandardSave)  the ranker's parameters as a pure dict (`nnx.to_pure_dict`)
+  opt_state  (StandardSave)  the optax state (absent from "best" checkpoints: inference only)
+  meta       (JsonSave)      step, epoch, metrics, the model's constructor kwargs ("model"), the
+                             zoo ("model_names") and the run's config ("config")
 Parameters and optimiser state are separate items so that inference restores the parameters alone.
 Restores go against an abstract target (shapes, dtypes, shardings), e.g. from `nnx.eval_shape`.
 
@@ -55,13 +55,15 @@ class Checkpoints:
 
     def restore_meta(self, step: int | None = None) -> dict:
         step = self._step_or_latest(step)
-        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        return dict(
+            self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-    def restore(self, params_like: Any, opt_state_like: Any = None, step: int | None = None
-                ) -> tuple[Any, Any, dict]:
+    def restore(self, params_like: Any, opt_state_like: Any = None,
+                step: int | None = None) -> tuple[Any, Any, dict]:
         """Restores (params, opt_state or None, meta) against abstract (or concrete) targets."""
         step = self._step_or_latest(step)
-        items = dict(params=ocp.args.StandardRestore(abstract_like(params_like)), meta=ocp.args.JsonRestore())
+        items = dict(params=ocp.args.StandardRestore(abstract_like(params_like)),
+                     meta=ocp.args.JsonRestore())
         if opt_state_like is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_like(opt_state_like))
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -76,7 +78,8 @@ class Checkpoints:
         if has_opt_state:
             items["opt_state"] = ocp.args.StandardRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["params"], restored["opt_state"] if has_opt_state else None, dict(restored["meta"])
+        opt_state = restored["opt_state"] if has_opt_state else None
+        return restored["params"], opt_state, dict(restored["meta"])
 
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
@@ -99,26 +102,31 @@ class BestCheckpoint:
         self.metric = metric
         self.checkpoints = Checkpoints(directory, max_to_keep=1)
         step = self.checkpoints.latest_step()
-        self.value = None if step is None else self.checkpoints.restore_meta(step)["metrics"][metric]
+        if step is None:
+            self.value = None
+        else:
+            self.value = self.checkpoints.restore_meta(step)["metrics"][metric]
 
     def maybe_save(self, step: int, params: Any, meta: dict, value: float) -> bool:
         """Saves if `value` beats the best so far (NaN never does). Returns whether it saved."""
         if math.isnan(value) or (self.value is not None and value <= self.value):
             return False
         self.value = float(value)
-        self.checkpoints.save(step, params, {**meta, "metrics": {**meta.get("metrics", {}), self.metric: value}})
+        metrics = {**meta.get("metrics", {}), self.metric: value}
+        self.checkpoints.save(step, params, {**meta, "metrics": metrics})
         return True
 
     def close(self) -> None:
         self.checkpoints.close()
 
 
-def load_ranker(checkpoint_dir: str | pathlib.Path, step: int | None = None
-                ) -> tuple[Any, ml_collections.ConfigDict]:
+def load_ranker(checkpoint_dir: str | pathlib.Path,
+                step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
     """Rebuilds a trained `spider.model.Ranker` for inference.
 
     Args:
-      checkpoint_dir: a training workdir (its best/ checkpoint, else ckpt/), or a checkpoint directory.
+      checkpoint_dir: a training workdir (its best/ checkpoint, else ckpt/), or a checkpoint
+        directory.
       step: a step of that directory; default the latest (the best for best/).
 
     Returns:

@@ -1,12 +1,12 @@
 """Device meshes and shardings for data parallelism (one host or several, via `jax.sharding`).
 
-Convention: a 1-D mesh over devices with axis name "data". Batches are split along their leading axis
-(the batch of tasks, or the model axis of a zoo when scoring metrics); parameters are replicated. Jit
-then runs one program over all devices and inserts the cross-device reductions (gradient means),
-so results match a single device up to float summation order.
+Convention: a 1-D mesh over devices with axis name "data". Batches are split along their leading
+axis (the batch of tasks, or the model axis of a zoo when scoring metrics); parameters are
+replicated. Jit then runs one program over all devices and inserts the cross-device reductions
+(gradient means), so results match a single device up to float summation order.
 
-Multi-host: call `jax.distributed.initialize()` first; `mesh()` then spans `jax.devices()` (all hosts)
-and `shard_batch` builds global arrays from each process's local rows
+Multi-host: call `jax.distributed.initialize()` first; `mesh()` then spans `jax.devices()` (all
+hosts) and `shard_batch` builds global arrays from each process's local rows
 (`jax.make_array_from_process_local_data`).
 """
 
@@ -51,7 +51,8 @@ def round_up(size: int, device_mesh: Mesh, axis_name: str = DATA_AXIS) -> int:
 
 
 def shard_batch(tree: Any, device_mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
-    """Places every array leaf of `tree` with its leading axis split over the mesh (None leaves kept).
+    """Places every array leaf of `tree` with its leading axis split over the mesh (None leaves
+    kept).
 
     On one process the leaves are the global arrays; with several processes each process passes its
     own rows and the global batch is their concatenation in process order.
@@ -65,7 +66,8 @@ def shard_batch(tree: Any, device_mesh: Mesh, axis_name: str = DATA_AXIS) -> Any
     def place(leaf):
         leaf = np.asarray(leaf)
         if leaf.ndim == 0 or leaf.shape[0] % local_shards:
-            raise ValueError(f"leading axis of shape {leaf.shape} is not divisible by {local_shards} shards")
+            raise ValueError(
+                f"leading axis of shape {leaf.shape} is not divisible by {local_shards} shards")
         if jax.process_count() == 1:
             return jax.device_put(leaf, sharding)
         return jax.make_array_from_process_local_data(sharding, leaf)

@@ -1,4 +1,5 @@
-"""Trains and evaluates Model Spider: `python scripts/train.py --config=configs/spider_minizoo.py --workdir=DIR`.
+"""Trains and evaluates Model Spider: `python scripts/train.py --config=configs/spider_minizoo.py
+--workdir=DIR`.
 
 Rerunning with the same workdir resumes from its last checkpoint. Fields are overridden with
 `--config.train.epochs=5` (the config is locked, so typos fail).
@@ -11,7 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/spider_*.py file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/spider_*.py file.",
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 

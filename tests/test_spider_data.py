@@ -12,8 +12,11 @@ MODELS = ("a", "b", "c")
 
 def _task(name, num_classes, dims=None, rng=None):
     rng = rng or np.random.default_rng(len(name) + num_classes)
-    per_model = {m: rng.normal(size=(num_classes, d)).astype(np.float32) for m, d in (dims or {}).items()}
-    return TaskPrototypes(name, rng.normal(size=(num_classes, 4)).astype(np.float32),
+    per_model = {
+        m: rng.normal(size=(num_classes, d)).astype(np.float32) for m, d in (dims or {}).items()
+    }
+    return TaskPrototypes(name,
+                          rng.normal(size=(num_classes, 4)).astype(np.float32),
                           np.full(num_classes, 5), per_model)
 
 
@@ -23,9 +26,11 @@ def _write_csv(path, text):
 
 
 def test_performance_from_csv_missing_empty_and_filtered_rows(tmp_path):
-    path = _write_csv(tmp_path / "gt.csv", "zoo,dataset,model,accuracy\n"
-                      "z1,t1,a,80\nz1,t1,b,70.5\nz1,t1,c,\nz2,t1,c,99\n"  # c: empty cell, other zoo
-                      "z1,t2,c,60\nz1,t2,a,61\nz1,t2,unknown_model,1\nz1,other_task,a,3\n")
+    path = _write_csv(
+        tmp_path / "gt.csv",
+        "zoo,dataset,model,accuracy\n"
+        "z1,t1,a,80\nz1,t1,b,70.5\nz1,t1,c,\nz2,t1,c,99\n"  # c: empty cell, other zoo
+        "z1,t2,c,60\nz1,t2,a,61\nz1,t2,unknown_model,1\nz1,other_task,a,3\n")
     table = data.performance_from_csv(path, ["t1", "t2"], MODELS, where={"zoo": "z1"})
     np.testing.assert_array_equal(table, [[80.0, 70.5, np.nan], [61.0, np.nan, 60.0]])
 
@@ -54,7 +59,8 @@ def test_taskset_labels_and_availability():
     np.testing.assert_array_equal(values, [[1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
     np.testing.assert_array_equal(mask, [[True, False, True], [True, True, True]])
     np.testing.assert_array_equal(taskset.labels("accuracy")[0], [[3.0, 0.0, 1.0], [5.0, 6.0, 7.0]])
-    np.testing.assert_array_equal(taskset.has_prototypes(), [[True, False, False], [True, False, True]])
+    np.testing.assert_array_equal(taskset.has_prototypes(),
+                                  [[True, False, False], [True, False, True]])
     assert taskset.model_dims() == {"a": 2, "c": 6}
     assert taskset.max_classes == 5 and taskset.generic_dim == 4
     assert taskset.select(["t2"]).names == ["t2"]
@@ -79,16 +85,17 @@ def test_make_batch_pads_truncates_and_masks():
     tasks = [_task("t1", 3, {"a": 2, "c": 6}), _task("t2", 7, {"a": 2, "c": 6})]
     taskset = data.TaskSet(MODELS, tasks, np.array([[3.0, np.nan, 1.0], [5.0, 6.0, 7.0]]))
     enriched = np.array([[False, False, True], [True, False, False]])
-    batch = data.make_batch(taskset, [0, 1], model_dims=(2, 3, 6), specific_length=4, label_kind="accuracy",
-                            batch_size=4, enriched=enriched)
+    batch = data.make_batch(taskset, [0, 1], model_dims=(2, 3, 6), specific_length=4,
+                            label_kind="accuracy", batch_size=4, enriched=enriched)
     assert batch.generic.shape == (4, 8, 4)  # bucketed length for 7 classes; 2 padding tasks
     np.testing.assert_array_equal(batch.generic[1, :7], tasks[1].generic)
     np.testing.assert_array_equal(batch.generic_mask.sum(axis=1), [3, 7, 0, 0])
     assert not batch.generic[1, 7:].any() and not batch.generic[2:].any()
     assert batch.specific.shape == (4, 3, 4, 6)
-    # Task 0 enriches model c (3 rows of 4); task 1 enriches model a: its 7 rows truncated to the first 4,
-    # its 2 columns zero-padded to Dmax = 6.
-    np.testing.assert_array_equal(batch.specific_mask[0], [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+    # Task 0 enriches model c (3 rows of 4); task 1 enriches model a: its 7 rows truncated to
+    # the first 4, its 2 columns zero-padded to Dmax = 6.
+    np.testing.assert_array_equal(batch.specific_mask[0],
+                                  [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
     np.testing.assert_array_equal(batch.specific[0, 2, :3], tasks[0].per_model["c"])
     np.testing.assert_array_equal(batch.specific_mask[1, 0], [1, 1, 1, 1])
     np.testing.assert_array_equal(batch.specific[1, 0, :, :2], tasks[1].per_model["a"][:4])
@@ -97,7 +104,8 @@ def test_make_batch_pads_truncates_and_masks():
     np.testing.assert_array_equal(batch.label_mask[:2], [[True, False, True], [True, True, True]])
     assert not batch.label_mask[2:].any()
     np.testing.assert_array_equal(batch.task_weight, [1.0, 1.0, 0.0, 0.0])
-    no_specific = data.make_batch(taskset, [1], model_dims=(2, 3, 6), specific_length=4, generic_length=4)
+    no_specific = data.make_batch(taskset, [1], model_dims=(2, 3, 6), specific_length=4,
+                                  generic_length=4)
     assert no_specific.specific is None and no_specific.generic_mask.tolist() == [[True] * 4]
 
 
@@ -127,7 +135,11 @@ def test_sample_enrichment_one_k_per_batch_among_available_models():
 def test_taskset_from_store_computes_class_prototypes(tmp_path, rng):
     store = FeatureStore(tmp_path / "store")
     labels = np.array([0, 1, 1, 2, 0, 2, 2])
-    features = {"generic": rng.normal(size=(7, 4)), "a": rng.normal(size=(7, 2)), "c": rng.normal(size=(7, 6))}
+    features = {
+        "generic": rng.normal(size=(7, 4)),
+        "a": rng.normal(size=(7, 2)),
+        "c": rng.normal(size=(7, 6))
+    }
     for model, values in features.items():
         store.write("ds", "train", model, features=values.astype(np.float32), labels=labels)
     taskset = data.taskset_from_store(store, ["ds"], MODELS, np.array([[1.0, 2.0, 3.0]]))
@@ -138,6 +150,7 @@ def test_taskset_from_store_computes_class_prototypes(tmp_path, rng):
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert sorted(task.per_model) == ["a", "c"]  # model b is not stored
     np.testing.assert_array_equal(task.counts, [2, 2, 3])
-    store.write("ds", "train", "b", features=np.zeros((7, 3), np.float32), labels=labels[::-1].copy())
+    store.write("ds", "train", "b", features=np.zeros((7, 3), np.float32),
+                labels=labels[::-1].copy())
     with pytest.raises(ValueError, match="labels of b differ"):
         data.taskset_from_store(store, ["ds"], MODELS, np.array([[1.0, 2.0, 3.0]]))

@@ -1,4 +1,4 @@
-"""spider/losses.py on hand-computed cases (expected values derived here in float64 from the spec)."""
+"""spider/losses.py on hand-computed cases (expected values derived here from the spec)."""
 
 import itertools
 import math
@@ -59,7 +59,8 @@ def test_plackett_luce_ties_are_index_based():
     # the denominator (index-based), unlike the released code's value-based masking.
     a, b, c = 0.3, -1.2, 0.7
     index_based = ((-a + _lse([a, b, c])) + (-b + _lse([b, c]))) / 2
-    value_based = ((-a + _lse([a, b, c])) + (-b + _lse([a, b, c]))) / 2  # model 0 stays (its label ties)
+    # Value-based: model 0 stays in the second denominator (its label ties model 1's).
+    value_based = ((-a + _lse([a, b, c])) + (-b + _lse([a, b, c]))) / 2
     got = _call(losses.plackett_luce, [a, b, c], [2, 2, 1])
     assert got == pytest.approx(index_based, rel=1e-6)
     assert abs(got - value_based) > 1e-3
@@ -116,7 +117,8 @@ def test_gradients_are_finite_with_masks_and_zero_for_masked_scores(rng):
     labels = jnp.asarray(rng.permutation(15).reshape(3, 5), jnp.float32)
     mask = jnp.asarray(rng.random((3, 5)) < 0.7).at[:, :2].set(True)
     for name, loss in losses.LOSSES.items():
-        objective = lambda s, loss=loss: losses.batch_loss(loss(s, labels, mask), losses.task_weights(mask))
+        objective = lambda s, loss=loss: losses.batch_loss(loss(s, labels, mask),
+                                                           losses.task_weights(mask))
         grads = jax.jit(jax.grad(objective))(scores)
         assert np.isfinite(np.asarray(grads)).all(), name
         np.testing.assert_array_equal(np.asarray(grads)[~np.asarray(mask)], 0.0, err_msg=name)
@@ -126,8 +128,9 @@ def test_loss_is_minimised_by_the_true_order():
     labels = [4.0, 2.0, 3.0, 1.0]
     best = [4.0, 2.0, 3.0, 1.0]
     for loss in losses.LOSSES.values():
-        values = [_call(loss, [3 * best[i] for i in p], labels)
-                  for p in itertools.permutations(range(4))]
+        values = [
+            _call(loss, [3 * best[i] for i in p], labels) for p in itertools.permutations(range(4))
+        ]
         assert min(values) == pytest.approx(_call(loss, [3 * b for b in best], labels))
 
 
@@ -137,4 +140,5 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="unknown ranking loss"):
         losses.get_loss("hinge")
     with pytest.raises(ValueError, match="temperature"):
-        losses.listnet(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2), bool), temperature=0.0)
+        losses.listnet(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2), bool),
+                       temperature=0.0)

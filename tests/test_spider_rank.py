@@ -12,23 +12,25 @@ from mspider_jax.spider import rank
 from mspider_jax.spider import synthetic
 
 MODEL_DIMS = (6, 8, 5, 7)
-SPECIFIC_LENGTH = 4
+# Shapes of the smoke training run (P_h 9, Pu 16, batches of 4): the compiled scoring programs are
+# shared within a test session.
+SPECIFIC_LENGTH = 9
+SCORING = dict(specific_length=SPECIFIC_LENGTH, generic_length=16, batch_size=4)
 
 
 @functools.lru_cache(maxsize=None)
 def _setup():
     tasks, accuracy = synthetic.synthetic_tasks(5, MODEL_DIMS, seed=3)
     taskset = data.taskset_from_bank(tasks, [f"m{i}" for i in range(len(MODEL_DIMS))], accuracy)
-    ranker = model_lib.Ranker(num_models=len(MODEL_DIMS), generic_dim=taskset.generic_dim, model_dims=MODEL_DIMS,
-                              width=16, num_heads=2, rngs=nnx.Rngs(0))
+    ranker = model_lib.Ranker(num_models=len(MODEL_DIMS), generic_dim=taskset.generic_dim,
+                              model_dims=MODEL_DIMS, width=16, num_heads=2, rngs=nnx.Rngs(0))
     return taskset, ranker
 
 
 def test_two_stage_changes_only_the_enriched_top_k():
     taskset, ranker = _setup()
-    stage1 = rank.score_tasks(ranker, taskset, specific_length=SPECIFIC_LENGTH, batch_size=8)
-    final, enriched = rank.two_stage_scores(ranker, taskset, 2, specific_length=SPECIFIC_LENGTH, stage1=stage1,
-                                            batch_size=8)
+    stage1 = rank.score_tasks(ranker, taskset, **SCORING)
+    final, enriched = rank.two_stage_scores(ranker, taskset, 2, stage1=stage1, **SCORING)
     np.testing.assert_array_equal(enriched.sum(axis=1), 2)
     for row in range(len(taskset)):  # the enriched models are each task's own stage-1 leaders
         assert set(np.flatnonzero(enriched[row])) == set(np.argsort(-stage1[row])[:2])
@@ -36,10 +38,9 @@ def test_two_stage_changes_only_the_enriched_top_k():
     assert np.abs(final[enriched] - stage1[enriched]).min() > 1e-5
     # Scoring every model enriched and keeping the top-2 gives the same stage-2 values: a PTM's
     # specific tokens only enter its own sequence.
-    everything = rank.score_tasks(ranker, taskset, specific_length=SPECIFIC_LENGTH,
-                                  enriched=np.ones_like(enriched), batch_size=8)
+    everything = rank.score_tasks(ranker, taskset, enriched=np.ones_like(enriched), **SCORING)
     np.testing.assert_allclose(final[enriched], everything[enriched], atol=1e-5)
-    unchanged, none = rank.two_stage_scores(ranker, taskset, 0, specific_length=SPECIFIC_LENGTH, batch_size=8)
+    unchanged, none = rank.two_stage_scores(ranker, taskset, 0, **SCORING)
     assert not none.any()
     np.testing.assert_array_equal(unchanged, stage1)
 
@@ -62,8 +63,9 @@ def test_rank_task_runs_only_the_top_k_models():
     # Same values as the batched path.
     enriched = np.zeros((len(taskset), len(names)), bool)
     enriched[1, list(ranking.enriched)] = True
-    batched = rank.score_tasks(ranker, taskset.subset([1]), specific_length=SPECIFIC_LENGTH, enriched=enriched[1:2])
-    np.testing.assert_allclose(ranking.scores[list(ranking.enriched)], batched[0, list(ranking.enriched)], atol=1e-5)
+    batched = rank.score_tasks(ranker, taskset.subset([1]), enriched=enriched[1:2], **SCORING)
+    np.testing.assert_allclose(ranking.scores[list(ranking.enriched)],
+                               batched[0, list(ranking.enriched)], atol=1e-5)
     others = [i for i in range(len(names)) if i not in ranking.enriched]
     np.testing.assert_array_equal(ranking.scores[others], ranking.stage1_scores[others])
     assert ranking.ranked_names() == [names[i] for i in np.argsort(-ranking.scores, kind="stable")]
@@ -76,7 +78,8 @@ def test_top_k_mask_ties_and_availability():
     scores = np.array([[1.0, 3.0, 3.0, 0.0], [5.0, 4.0, 3.0, 2.0]])
     available = np.array([[True] * 4, [False, True, False, True]])
     np.testing.assert_array_equal(rank.top_k_mask(scores, 1), [[0, 1, 0, 0], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(rank.top_k_mask(scores, 3, available), [[1, 1, 1, 0], [0, 1, 0, 1]])
+    np.testing.assert_array_equal(rank.top_k_mask(scores, 3, available),
+                                  [[1, 1, 1, 0], [0, 1, 0, 1]])
 
 
 def test_rank_task_rejects_bad_arguments():

@@ -24,7 +24,7 @@ from mspider_jax.spider import synthetic
 from mspider_jax.spider import train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MODEL_DIMS = (6, 8, 5, 7)
+MODEL_DIMS = (6, 8, 5, 7)  # the synthetic zoo (same shapes as the other spider tests)
 
 
 @pytest.fixture(scope="module")
@@ -32,39 +32,43 @@ def zoo(tmp_path_factory):
     return synthetic.write_synthetic_zoo(tmp_path_factory.mktemp("zoo"), model_dims=MODEL_DIMS)
 
 
-def _smoke_overrides(zoo, with_targets=True):
-    models = "(" + ",".join(repr(m) for m in zoo["models"].split(",")) + ")"
-    flags = {"data.models": models, "data.train.bank": zoo["train_bank"],
-             "data.train.ground_truth": zoo["train_ground_truth"]}
-    if with_targets:
-        flags.update({"data.targets.bank": zoo["targets_bank"],
-                      "data.targets.ground_truth": zoo["targets_ground_truth"]})
-    return flags
-
-
 def _smoke_config(zoo, **fields):
+    """configs/spider_minizoo.py:smoke on the synthetic zoo (training tasks only), plus `fields`."""
     config = spider_minizoo.get_config("smoke")
     config.data.models = tuple(zoo["models"].split(","))
-    config.data.train.bank, config.data.train.ground_truth = zoo["train_bank"], zoo["train_ground_truth"]
+    config.data.train.bank = zoo["train_bank"]
+    config.data.train.ground_truth = zoo["train_ground_truth"]
     for key, value in fields.items():
-        node, *path = key.split(".")
-        target = config
-        for part in [node, *path][:-1]:
-            target = target[part]
-        target[key.split(".")[-1]] = value
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
     return config
 
 
 @pytest.fixture(scope="module")
 def smoke_run(zoo, tmp_path_factory):
-    """The uninterrupted smoke run, through the script (process inherits the 4 fake devices)."""
+    """The uninterrupted smoke run through the script (the process inherits the 4 fake devices)."""
     workdir = tmp_path_factory.mktemp("smoke") / "workdir"
-    flags = [f"--config.{key}={value}" for key, value in _smoke_overrides(zoo).items()]
-    result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--config=configs/spider_minizoo.py:smoke", f"--workdir={workdir}",
-         *flags], cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    models = "(" + ",".join(repr(m) for m in zoo["models"].split(",")) + ")"
+    overrides = {
+        "data.models": models,
+        "data.train.bank": zoo["train_bank"],
+        "data.train.ground_truth": zoo["train_ground_truth"],
+        "data.targets.bank": zoo["targets_bank"],
+        "data.targets.ground_truth": zoo["targets_ground_truth"],
+    }
+    command = [sys.executable, "scripts/train.py", "--config=configs/spider_minizoo.py:smoke",
+               f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result.stderr
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_smoke_run_end_to_end(smoke_run, zoo):
@@ -77,12 +81,14 @@ def test_smoke_run_end_to_end(smoke_run, zoo):
     assert any("chosen on validation" in name for name in rows)
     assert results["tasks"] == ["target0", "target1", "target2"]
     for row in rows.values():
-        assert -1.0 <= row["weighted_tau"]["low"] <= row["weighted_tau"]["mean"] <= row["weighted_tau"]["high"] <= 1.0
+        tau = row["weighted_tau"]
+        assert -1.0 <= tau["low"] <= tau["mean"] <= tau["high"] <= 1.0
     assert "latency_per_task" not in results  # smoke skips the timing (rank_task has its own tests)
     assert "| Model Spider (stage 1) |" in (workdir / "results.md").read_text()
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"]["specific_length"] == 9  # resolved: the largest class count of the training tasks
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    # Resolved P_h: the largest class count of the training tasks.
+    assert config["model"]["specific_length"] == 9
+    records = _records(workdir)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     assert [r["step"] for r in records if "val_weighted_tau" in r] == [2, 4]
@@ -92,9 +98,8 @@ def test_smoke_run_end_to_end(smoke_run, zoo):
     # Inference from the best checkpoint reproduces the stage-1 scores of the evaluation.
     ranker, loaded = checkpointing.load_ranker(workdir)
     assert loaded.model_names == list(zoo["models"].split(","))
-    targets = data_lib.taskset_from_bank(
-        prototypes.load_prototype_bank(zoo["targets_bank"]),
-        loaded.model_names, np.zeros((3, 4)))
+    targets = data_lib.taskset_from_bank(prototypes.load_prototype_bank(zoo["targets_bank"]),
+                                         loaded.model_names, np.zeros((3, 4)))
     stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
     np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
 
@@ -103,14 +108,15 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(smoke_run, zoo, tm
     reference_dir, _ = smoke_run
     workdir = tmp_path / "resumed"
     # "Kill" after step 3: the last checkpoint is step 2 (checkpoint_every_steps = 2).
-    killed = train_lib.train_and_evaluate(_smoke_config(zoo, **{"train.stop_after_step": 3}), workdir)
+    killed = train_lib.train_and_evaluate(_smoke_config(zoo, **{"train.stop_after_step": 3}),
+                                          workdir)
     assert killed == {"stopped_at": 3}
     latest = checkpointing.Checkpoints(workdir / "ckpt")
     assert latest.latest_step() == 2
     latest.close()
     train_lib.train_and_evaluate(_smoke_config(zoo), workdir)
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # step 3 of the killed run dropped
+    # The killed run's record of step 3 is dropped; the resumed run logs 3 and 4 once.
+    assert [r["step"] for r in _records(workdir) if "loss" in r] == [1, 2, 3, 4]
 
     def final_params(directory):
         checkpoints = checkpointing.Checkpoints(directory / "ckpt")
@@ -121,32 +127,38 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(smoke_run, zoo, tm
     resumed, meta = final_params(workdir)
     reference, _ = final_params(reference_dir)
     assert meta["step"] == 4
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), resumed, reference)
+    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    jax.tree.map(same, resumed, reference)
 
 
 def test_sharded_batch_gives_the_same_loss_and_gradients(zoo):
     assert len(jax.devices()) == 4
     bank = prototypes.load_prototype_bank(zoo["train_bank"])
-    names = zoo["models"].split(",")
-    taskset = data_lib.taskset_from_bank(bank, names, np.random.default_rng(0).normal(size=(len(bank), 4)))
-    enriched = data_lib.sample_enrichment(np.random.default_rng(1), taskset.has_prototypes()[:8], 2, 2)
-    batch = data_lib.make_batch(taskset, range(8), model_dims=MODEL_DIMS, specific_length=5, enriched=enriched)
-    ranker = model_lib.Ranker(num_models=4, generic_dim=12, model_dims=MODEL_DIMS, width=16, num_heads=2,
-                              rngs=nnx.Rngs(0))
+    performance = np.random.default_rng(0).normal(size=(len(bank), 4))
+    taskset = data_lib.taskset_from_bank(bank, zoo["models"].split(","), performance)
+    enriched = data_lib.sample_enrichment(np.random.default_rng(1), taskset.has_prototypes()[:8],
+                                          2, 2)
+    batch = data_lib.make_batch(taskset, range(8), model_dims=MODEL_DIMS, specific_length=5,
+                                enriched=enriched)
+    ranker = model_lib.Ranker(num_models=4, generic_dim=12, model_dims=MODEL_DIMS, width=16,
+                              num_heads=2, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(ranker)
     params = nnx.to_pure_dict(state)
+
     # Deterministic mode (no dropout): dropout would only add its random-bit program to compile.
-    grad_fn = jax.jit(jax.value_and_grad(
-        lambda p, b: train_lib.batch_objective(graphdef, p, b, None, losses.plackett_luce)))
-    single = jax.device_put((params, batch), jax.devices()[0])
-    loss_1, grads_1 = grad_fn(*single)
+    def objective(params, batch):
+        return train_lib.batch_objective(graphdef, params, batch, None, losses.plackett_luce)
+
+    grad_fn = jax.jit(jax.value_and_grad(objective))
+    loss_1, grads_1 = grad_fn(*jax.device_put((params, batch), jax.devices()[0]))
     mesh = sharding.mesh()
     sharded_batch = sharding.shard_batch(batch, mesh)
     assert len(sharded_batch.generic.sharding.device_set) == 4
     loss_4, grads_4 = grad_fn(sharding.replicate(params, mesh), sharded_batch)
     assert len(loss_4.sharding.device_set) == 4  # really computed on the 4 devices
     np.testing.assert_allclose(float(loss_4), float(loss_1), rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_4, grads_1)
+    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    jax.tree.map(same, grads_4, grads_1)
     with pytest.raises(ValueError, match="not divisible"):
         sharding.shard_batch(np.zeros((6, 2)), mesh)
 
@@ -193,17 +205,21 @@ def test_paper_zoo_configs_match_the_published_tables():
 
     single = spider_single_source.get_config("store=/features")
     assert len(single.data.models) == 10 and single.data.train.store == "/features"
-    assert not set(single.data.val_tasks) - set(single.data.train.tasks)  # validation = held-out training tasks
+    # Validation tasks are held-out training tasks; no target is a training task.
+    assert not set(single.data.val_tasks) - set(single.data.train.tasks)
     assert not set(single.data.train.tasks) & set(single.data.targets.tasks)
     multi = spider_multi_source.get_config()
     assert len(multi.data.models) == 42 and len(multi.data.train.tasks) == 96
     for config in (single, multi):
-        assert (config.model.width, config.optim.lr, config.train.epochs, config.train.batch_size) == (1024, 2.5e-4, 30, 16)
-        names = list(config.data.train.tasks)
-        truth = data_lib.performance_from_csv(
-            REPO / config.data.train.ground_truth, names, config.data.models, task_column=config.data.train.task_column,
-            value_column=config.data.train.value_column, where=train_lib._csv_where(config.data.train.where))
+        protocol = (config.model.width, config.optim.lr, config.train.epochs,
+                    config.train.batch_size)
+        assert protocol == (1024, 2.5e-4, 30, 16)
+        train = config.data.train
+        truth = data_lib.performance_from_csv(train.ground_truth, list(train.tasks),
+                                              config.data.models, task_column=train.task_column,
+                                              value_column=train.value_column,
+                                              where=train_lib.csv_filter(train.where))
         assert (~np.isnan(truth)).sum(axis=1).min() >= 2
-        targets = data_lib.performance_from_csv(REPO / config.data.targets.ground_truth, list(config.data.targets.tasks),
-                                                config.data.models)
+        targets = data_lib.performance_from_csv(config.data.targets.ground_truth,
+                                                list(config.data.targets.tasks), config.data.models)
         assert not np.isnan(targets).any()

@@ -1,18 +1,18 @@
-"""Tasks, labels and padded batches for Model Spider (Zhang et al., NeurIPS 2023; spec §2, §3, §6.1).
+"""Tasks, labels and padded batches for Model Spider (Zhang et al., NeurIPS 2023; spec §2-3, §6.1).
 
 A `TaskSet` holds tasks in a fixed zoo order of M PTMs: per task its generic class prototypes
 [C, Dg], class counts [C], optional per-PTM prototypes {model: [C, d_m]} (for PTM-specific tokens),
 and the measured performance [M] of every PTM on it (NaN = no ground truth: that model is masked).
-Task sets come from a prototype bank (`prototypes.py`) plus a long-format ground-truth CSV, or from a
-feature store (class prototypes computed from the stored features).
+Task sets come from a prototype bank (`prototypes.py`) plus a long-format ground-truth CSV, or from
+a feature store (class prototypes computed from the stored features).
 
 Labels are either the raw performance ("accuracy": higher = better) or its ranks among the task's
 valid models ("rank": 0 = worst .. n-1 = best, ties get their average rank).
 
 Batches are padded to static shapes with boolean masks (True = real): generic tokens to a bucketed
-length (`tokens.bucket_length`), PTM-specific tokens to P_h rows (the paper keeps the FIRST P_h class
-prototypes of a larger task, spec §3.2; we keep that rule but mask padded rows), and the batch to a
-fixed number of tasks (padding tasks have weight 0).
+length (`tokens.bucket_length`), PTM-specific tokens to P_h rows (the paper keeps the FIRST P_h
+class prototypes of a larger task, spec §3.2; we keep that rule but mask padded rows), and the batch
+to a fixed number of tasks (padding tasks have weight 0).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class Batch(NamedTuple):
     """A padded batch of B tasks (numpy or jax arrays; a pytree).
 
     generic: [B, Pu, Dg] float32 generic prototypes; generic_mask: [B, Pu] bool.
-    specific: [B, M, Ph, Dmax] float32 PTM-specific prototypes or None; specific_mask: [B, M, Ph] bool.
+    specific: [B, M, Ph, Dmax] float32 PTM-specific prototypes or None; specific_mask: [B, M, Ph]
+      bool.
     labels: [B, M] float32 (0 where missing); label_mask: [B, M] bool.
     task_weight: [B] float32, 1 for real tasks with >= 2 labelled models, 0 for padding.
     """
@@ -82,19 +83,24 @@ class TaskSet:
         dims = {}
         for task in self.tasks:
             if task.generic.ndim != 2:
-                raise ValueError(f"task {task.name}: generic prototypes must be [C, Dg], got {task.generic.shape}")
+                raise ValueError(f"task {task.name}: generic prototypes must be [C, Dg], got "
+                                 f"{task.generic.shape}")
             if task.generic.shape[1] != self.tasks[0].generic.shape[1]:
-                raise ValueError(f"task {task.name}: generic dim {task.generic.shape[1]} differs from "
-                                 f"{self.tasks[0].generic.shape[1]}")
+                raise ValueError(
+                    f"task {task.name}: generic dim {task.generic.shape[1]} differs from "
+                    f"{self.tasks[0].generic.shape[1]}")
             for model, protos in task.per_model.items():
                 if model not in zoo:
-                    raise ValueError(f"task {task.name}: prototypes of {model!r}, which is not in the zoo")
+                    raise ValueError(
+                        f"task {task.name}: prototypes of {model!r}, which is not in the zoo")
                 if protos.ndim != 2 or protos.shape[0] != task.num_classes:
-                    raise ValueError(f"task {task.name}, model {model}: prototypes {protos.shape} for "
-                                     f"{task.num_classes} classes")
+                    raise ValueError(
+                        f"task {task.name}, model {model}: prototypes {protos.shape} for "
+                        f"{task.num_classes} classes")
                 if dims.setdefault(model, protos.shape[1]) != protos.shape[1]:
-                    raise ValueError(f"model {model}: feature dim {protos.shape[1]} in task {task.name} "
-                                     f"differs from {dims[model]} elsewhere")
+                    raise ValueError(
+                        f"model {model}: feature dim {protos.shape[1]} in task {task.name} "
+                        f"differs from {dims[model]} elsewhere")
         self._dims = dims
         self._labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -121,7 +127,8 @@ class TaskSet:
 
     def has_prototypes(self) -> np.ndarray:
         """[T, M] bool: whether task t has PTM m's own prototypes (needed to enrich m)."""
-        return np.array([[m in task.per_model for m in self.model_names] for task in self.tasks], bool)
+        return np.array([[m in task.per_model for m in self.model_names] for task in self.tasks],
+                        bool)
 
     def labels(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Training labels: (values [T, M] float32 with 0 where missing, mask [T, M] bool)."""
@@ -135,8 +142,8 @@ class TaskSet:
 
     def subset(self, indices: Sequence[int]) -> "TaskSet":
         indices = list(indices)
-        return TaskSet(self.model_names, [self.tasks[i] for i in indices], self.performance[indices],
-                       tuple(self.groups[i] for i in indices))
+        return TaskSet(self.model_names, [self.tasks[i] for i in indices],
+                       self.performance[indices], tuple(self.groups[i] for i in indices))
 
     def select(self, names: Sequence[str]) -> "TaskSet":
         """The tasks with these names, in this order (ValueError for unknown names)."""
@@ -160,17 +167,18 @@ def ranks_among_valid(performance: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def performance_from_csv(path: str | os.PathLike, task_names: Sequence[str], model_names: Sequence[str], *,
-                         task_column: str = "dataset", model_column: str = "model",
-                         value_column: str = "accuracy", where: dict[str, str] | None = None) -> np.ndarray:
+def performance_from_csv(path: str | os.PathLike, task_names: Sequence[str],
+                         model_names: Sequence[str], *, task_column: str = "dataset",
+                         model_column: str = "model", value_column: str = "accuracy",
+                         where: dict[str, str] | None = None) -> np.ndarray:
     """Reads a long-format ground-truth table into [T, M] (NaN where a (task, model) row is absent).
 
-    Rows whose `where` columns differ from the given values are skipped (e.g. {"zoo": "single_source_10"});
-    rows of tasks or models not asked for are ignored.
+    Rows whose `where` columns differ from the given values are skipped (e.g. {"zoo":
+    "single_source_10"}); rows of tasks or models not asked for are ignored.
 
     Raises:
-      ValueError: missing columns, a duplicated (task, model) row, a non-numeric value, or a task with
-        no row at all (usually a naming mismatch).
+      ValueError: missing columns, a duplicated (task, model) row, a non-numeric value, or a task
+        with no row at all (usually a naming mismatch).
     """
     task_index = {name: i for i, name in enumerate(task_names)}
     model_index = {name: i for i, name in enumerate(model_names)}
@@ -190,7 +198,8 @@ def performance_from_csv(path: str | os.PathLike, task_names: Sequence[str], mod
             if t is None or m is None:
                 continue
             if seen[t, m]:
-                raise ValueError(f"{path}:{line}: duplicate row for ({row[task_column]}, {row[model_column]})")
+                raise ValueError(
+                    f"{path}:{line}: duplicate row for ({row[task_column]}, {row[model_column]})")
             seen[t, m] = True
             text = row[value_column].strip()
             if not text:
@@ -208,6 +217,19 @@ def performance_from_csv(path: str | os.PathLike, task_names: Sequence[str], mod
     return table
 
 
+def tasks_in_csv(path: str | os.PathLike, *, task_column: str = "dataset",
+                 where: dict[str, str] | None = None) -> list[str]:
+    """The task names of a long ground-truth CSV (rows matching `where`), in first-seen order."""
+    where = dict(where or {})
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        absent = {task_column, *where} - set(reader.fieldnames or ())
+        if absent:
+            raise ValueError(f"{path}: missing columns {sorted(absent)} (has {reader.fieldnames})")
+        rows = [row for row in reader if all(row[key] == value for key, value in where.items())]
+    return list(dict.fromkeys(row[task_column] for row in rows))
+
+
 class _Entry(Protocol):
     features: np.ndarray
     labels: np.ndarray
@@ -216,14 +238,17 @@ class _Entry(Protocol):
 class FeatureSource(Protocol):
     """What `taskset_from_store` needs of a feature store (`mspider_jax.features.FeatureStore`)."""
 
-    def read(self, dataset: str, split: str, model: str) -> _Entry: ...
+    def read(self, dataset: str, split: str, model: str) -> _Entry:
+        ...
 
-    def models(self, dataset: str, split: str) -> Sequence[str]: ...
+    def models(self, dataset: str, split: str) -> Sequence[str]:
+        ...
 
 
-def task_from_store(store: FeatureSource, dataset: str, model_names: Sequence[str], *, split: str = "train",
-                    generic_model: str = "generic", with_models: bool = True) -> prototypes_lib.TaskPrototypes:
-    """Class prototypes of one dataset of a feature store: generic encoder, and each zoo PTM stored."""
+def task_from_store(store: FeatureSource, dataset: str, model_names: Sequence[str], *,
+                    split: str = "train", generic_model: str = "generic",
+                    with_models: bool = True) -> prototypes_lib.TaskPrototypes:
+    """Class prototypes of one store dataset: generic encoder, and each zoo PTM stored."""
     generic = store.read(dataset, split, generic_model)
     labels = np.asarray(generic.labels)
     num_classes = int(labels.max()) + 1
@@ -236,34 +261,46 @@ def task_from_store(store: FeatureSource, dataset: str, model_names: Sequence[st
                 continue
             entry = store.read(dataset, split, model)
             if not np.array_equal(np.asarray(entry.labels), labels):
-                raise ValueError(f"{dataset}/{split}: labels of {model} differ from those of {generic_model}")
-            per_model[model] = prototypes_lib.class_prototypes(entry.features, labels, num_classes)[0]
+                raise ValueError(
+                    f"{dataset}/{split}: labels of {model} differ from those of {generic_model}")
+            per_model[model] = prototypes_lib.class_prototypes(entry.features, labels,
+                                                               num_classes)[0]
     return prototypes_lib.TaskPrototypes(dataset, generic_protos, counts, per_model)
 
 
 def taskset_from_store(store: FeatureSource, datasets: Sequence[str], model_names: Sequence[str],
-                       performance: np.ndarray, *, split: str = "train", generic_model: str = "generic",
-                       groups: Sequence[str] = ()) -> TaskSet:
-    """A TaskSet whose prototypes are computed from a feature store (performance: [T, M])."""
-    tasks = [task_from_store(store, name, model_names, split=split, generic_model=generic_model)
-             for name in datasets]
+                       performance: np.ndarray, *, split: str = "train",
+                       generic_model: str = "generic", groups: Sequence[str] = (),
+                       store_prefix: str = "") -> TaskSet:
+    """A TaskSet whose prototypes are computed from a feature store (performance: [T, M]).
+
+    Task `name` is read from store dataset `store_prefix + name` (e.g. the mini zoo's "mz_digits").
+    """
+    tasks = []
+    for name in datasets:
+        task = task_from_store(store, store_prefix + name, model_names, split=split,
+                               generic_model=generic_model)
+        tasks.append(dataclasses.replace(task, name=name))
     return TaskSet(tuple(model_names), tasks, performance, tuple(groups))
 
 
 def taskset_from_bank(bank: Sequence[prototypes_lib.TaskPrototypes], model_names: Sequence[str],
                       performance: np.ndarray, groups: Sequence[str] = ()) -> TaskSet:
-    """A TaskSet from prototype-bank tasks (performance: [T, M] in bank order); drops non-zoo models."""
+    """A TaskSet from bank tasks (performance [T, M] in bank order); drops non-zoo models."""
     zoo = set(model_names)
-    tasks = [dataclasses.replace(task, per_model={m: p for m, p in task.per_model.items() if m in zoo})
-             for task in bank]
+    tasks = []
+    for task in bank:
+        kept = {model: protos for model, protos in task.per_model.items() if model in zoo}
+        tasks.append(dataclasses.replace(task, per_model=kept))
     return TaskSet(tuple(model_names), tasks, performance, tuple(groups))
 
 
-def sample_enrichment(rng: np.random.Generator, available: np.ndarray, k_min: int, k_max: int) -> np.ndarray:
+def sample_enrichment(rng: np.random.Generator, available: np.ndarray, k_min: int,
+                      k_max: int) -> np.ndarray:
     """Which PTMs get their specific tokens in a training batch (spec §3.2).
 
-    k is drawn uniformly from {k_min..k_max} once per batch; each task then gets min(k, #available) PTMs
-    drawn uniformly without replacement among those whose prototypes it has.
+    k is drawn uniformly from {k_min..k_max} once per batch; each task then gets min(k, #available)
+    PTMs drawn uniformly without replacement among those whose prototypes it has.
 
     Args:
       available: [n, M] bool.
@@ -282,19 +319,22 @@ def sample_enrichment(rng: np.random.Generator, available: np.ndarray, k_min: in
     return enriched
 
 
-def make_batch(taskset: TaskSet, indices: Sequence[int], *, model_dims: Sequence[int], specific_length: int,
-               label_kind: str = "rank", batch_size: int | None = None, generic_length: int | None = None,
-               enriched: np.ndarray | None = None) -> Batch:
+def make_batch(taskset: TaskSet, indices: Sequence[int], *, model_dims: Sequence[int],
+               specific_length: int, label_kind: str = "rank", batch_size: int | None = None,
+               generic_length: int | None = None, enriched: np.ndarray | None = None) -> Batch:
     """Pads the tasks `indices` of `taskset` into one static-shape batch.
 
     Args:
-      model_dims: [M] feature dim of each PTM (the ranker's); columns are zero-padded to max(model_dims).
+      model_dims: [M] feature dim of each PTM (the ranker's); columns are zero-padded to
+        max(model_dims).
       specific_length: P_h, rows of each PTM-specific block (first P_h prototypes kept).
       label_kind: "rank" or "accuracy".
-      batch_size: B >= len(indices); extra rows are padding tasks with weight 0. Defaults to len(indices).
+      batch_size: B >= len(indices); extra rows are padding tasks with weight 0. Defaults to
+        len(indices).
       generic_length: Pu; defaults to `bucket_length` of the largest class count among these tasks.
         Tasks with more classes are truncated to the first Pu prototypes.
-      enriched: [len(indices), M] bool, PTMs whose specific tokens are added; None = no specific block.
+      enriched: [len(indices), M] bool, PTMs whose specific tokens are added; None = no specific
+        block.
 
     Returns:
       A `Batch` of numpy arrays.
@@ -317,7 +357,8 @@ def make_batch(taskset: TaskSet, indices: Sequence[int], *, model_dims: Sequence
     specific = specific_mask = None
     if enriched is not None:
         if enriched.shape != (len(indices), num_models):
-            raise ValueError(f"enriched must be [{len(indices)}, {num_models}], got {enriched.shape}")
+            raise ValueError(
+                f"enriched must be [{len(indices)}, {num_models}], got {enriched.shape}")
         max_dim = max(model_dims)
         specific = np.zeros((batch_size, num_models, specific_length, max_dim), np.float32)
         specific_mask = np.zeros((batch_size, num_models, specific_length), bool)
@@ -328,8 +369,10 @@ def make_batch(taskset: TaskSet, indices: Sequence[int], *, model_dims: Sequence
                     raise ValueError(f"task {task.name} has no prototypes of {name} to enrich with")
                 protos = task.per_model[name]
                 if protos.shape[1] != model_dims[m]:
-                    raise ValueError(f"task {task.name}, model {name}: dim {protos.shape[1]} != {model_dims[m]}")
-                specific[row, m], specific_mask[row, m] = tokens_lib.pad_rows(protos, specific_length, max_dim)
+                    raise ValueError(
+                        f"task {task.name}, model {name}: dim {protos.shape[1]} != {model_dims[m]}")
+                padded, mask = tokens_lib.pad_rows(protos, specific_length, max_dim)
+                specific[row, m], specific_mask[row, m] = padded, mask
 
     values, mask = taskset.labels(label_kind)
     labels = np.zeros((batch_size, num_models), np.float32)

@@ -48,10 +48,14 @@ def paper_compat_name(k: int) -> str:
 
 
 def per_task_measures(performance: np.ndarray, scores: np.ndarray) -> list[dict[str, float]]:
-    """`evaluation.evaluate_task` for every task: performance [T, M] (NaN = missing), scores [T, M]."""
+    """`evaluation.evaluate_task` per task: performance [T, M] (NaN = missing), scores [T, M]."""
     if performance.shape != scores.shape:
-        raise ValueError(f"performance {performance.shape} and scores {scores.shape} differ in shape")
-    return [ev.evaluate_task(truth, row, mask=~np.isnan(row)) for truth, row in zip(performance, scores)]
+        raise ValueError(
+            f"performance {performance.shape} and scores {scores.shape} differ in shape")
+    return [
+        ev.evaluate_task(truth, row, mask=~np.isnan(row))
+        for truth, row in zip(performance, scores)
+    ]
 
 
 def mean_weighted_tau(performance: np.ndarray, scores: np.ndarray) -> float:
@@ -74,8 +78,9 @@ def choose_k_on_validation(ranker: model_lib.Ranker, val: data_lib.TaskSet, ks: 
     return best, taus
 
 
-def pooled_top_k(stage1: np.ndarray, groups: Sequence[str], k: int, available: np.ndarray) -> np.ndarray:
-    """[T, M] bool: per group of tasks, the top-k of the group's MEAN stage-1 scores (paper_compat)."""
+def pooled_top_k(stage1: np.ndarray, groups: Sequence[str], k: int,
+                 available: np.ndarray) -> np.ndarray:
+    """[T, M] bool: per group of tasks, the top-k of its MEAN stage-1 scores (paper_compat)."""
     enriched = np.zeros(stage1.shape, bool)
     groups = np.asarray(groups)
     for group in dict.fromkeys(groups.tolist()):
@@ -86,8 +91,9 @@ def pooled_top_k(stage1: np.ndarray, groups: Sequence[str], k: int, available: n
 
 
 def paper_compat_scores(ranker: model_lib.Ranker, targets: data_lib.TaskSet, k_max: int, *,
-                        stage1: np.ndarray | None = None, **scoring) -> tuple[int, np.ndarray, dict[int, float]]:
-    """The released code's evaluation (OPTIMISTIC): pooled top-k, k in 1..k_max chosen on the targets.
+                        stage1: np.ndarray | None = None,
+                        **scoring) -> tuple[int, np.ndarray, dict[int, float]]:
+    """The released code's evaluation (OPTIMISTIC): pooled top-k, k in 1..k_max chosen on targets.
 
     Returns:
       (chosen k, final scores [T, M] at that k, {k: mean target weighted tau}).
@@ -105,9 +111,9 @@ def paper_compat_scores(ranker: model_lib.Ranker, targets: data_lib.TaskSet, k_m
     return best, scores_of[best], taus
 
 
-def read_metric_scores(path: str | os.PathLike, task_names: Sequence[str], model_names: Sequence[str]
-                       ) -> dict[str, np.ndarray]:
-    """Transferability-metric scores from a long CSV `dataset,model,metric,score` -> {metric: [T, M]}.
+def read_metric_scores(path: str | os.PathLike, task_names: Sequence[str],
+                       model_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Scores of transferability metrics: long CSV `dataset,model,metric,score` -> {metric: [T, M]}.
 
     Missing (task, model) pairs are NaN (that model is then dropped from that task's evaluation).
     """
@@ -123,7 +129,8 @@ def read_metric_scores(path: str | os.PathLike, task_names: Sequence[str], model
             t, m = task_index.get(row["dataset"]), model_index.get(row["model"])
             if t is None or m is None:
                 continue
-            table = tables.setdefault(row["metric"], np.full((len(task_names), len(model_names)), np.nan))
+            table = tables.setdefault(row["metric"],
+                                      np.full((len(task_names), len(model_names)), np.nan))
             try:
                 table[t, m] = float(row["score"])
             except ValueError as err:
@@ -133,31 +140,36 @@ def read_metric_scores(path: str | os.PathLike, task_names: Sequence[str], model
     return tables
 
 
-def _row(performance: np.ndarray, scores: np.ndarray, task_names: Sequence[str], note: str = "") -> dict:
+def _row(performance: np.ndarray, scores: np.ndarray, task_names: Sequence[str],
+         note: str = "") -> dict:
     keep = ~np.isnan(performance) & ~np.isnan(scores)
-    measures = [ev.evaluate_task(truth, np.where(k, row, 0.0), mask=k)
-                for truth, row, k in zip(performance, scores, keep)]
+    measures = [
+        ev.evaluate_task(truth, np.where(k, row, 0.0), mask=k)
+        for truth, row, k in zip(performance, scores, keep)
+    ]
     taus = [m["weighted_tau"] for m in measures]
     summary = ev.aggregate(taus)
     top1 = ev.aggregate([m["top1_hit"] for m in measures])
     return {
-        "weighted_tau": {"mean": summary.mean, "low": summary.low, "high": summary.high, "n": summary.n},
+        "weighted_tau": dict(mean=summary.mean, low=summary.low, high=summary.high, n=summary.n),
         "top1_hit": top1.mean,
-        "per_task": {name: m for name, m in zip(task_names, measures)},
+        "per_task": dict(zip(task_names, measures)),
         "note": note,
     }
 
 
 def evaluate_targets(ranker: model_lib.Ranker, targets: data_lib.TaskSet, *, scoring: Mapping,
-                     rerank_k: int, val: data_lib.TaskSet | None = None, k_choices: Sequence[int] = (),
-                     k_max: int = 0, prior_truth: np.ndarray | None = None,
+                     rerank_k: int, val: data_lib.TaskSet | None = None,
+                     k_choices: Sequence[int] = (), k_max: int = 0,
+                     prior_truth: np.ndarray | None = None,
                      metric_scores: Mapping[str, np.ndarray] | None = None) -> dict:
     """Every row of the module docstring for the target tasks.
 
     Args:
       ranker: the trained ranker.
       targets: target tasks (performance = ground truth; per-model prototypes for stage 2).
-      scoring: `rank.score_tasks` options: specific_length (P_h of training), generic_length, batch_size.
+      scoring: `rank.score_tasks` options: specific_length (P_h of training), generic_length,
+        batch_size.
       rerank_k: fixed stage-2 depth.
       val: held-out training tasks for choosing k among `k_choices` (skipped if None or no choices).
       k_max: largest k of paper_compat (0 = skip that row).
@@ -182,15 +194,18 @@ def evaluate_targets(ranker: model_lib.Ranker, targets: data_lib.TaskSet, *, sco
             ranker, targets, k_val, stage1=stage1, **scoring)
         notes[validation_k_name(k_val)] = "k chosen on held-out training tasks"
     if k_max > 0:
-        k_test, compat, test_taus = paper_compat_scores(ranker, targets, k_max, stage1=stage1, **scoring)
-        k_info.update(paper_compat=k_test, paper_compat_taus={str(k): v for k, v in test_taus.items()})
+        k_test, compat, test_taus = paper_compat_scores(ranker, targets, k_max, stage1=stage1,
+                                                        **scoring)
+        k_info.update(paper_compat=k_test,
+                      paper_compat_taus={str(k): v for k, v in test_taus.items()})
         scores[paper_compat_name(k_test)] = compat
-        notes[paper_compat_name(k_test)] = ("OPTIMISTIC: pooled top-k per dataset and k chosen on the "
-                                            "target tasks themselves, as the released code")
+        notes[paper_compat_name(k_test)] = (
+            "OPTIMISTIC: pooled top-k per dataset and k chosen on the "
+            "target tasks themselves, as the released code")
     if prior_truth is not None:
         prior = ev.constant_prior(prior_truth)
         scores[CONSTANT_PRIOR] = np.broadcast_to(prior, stage1.shape)
-        notes[CONSTANT_PRIOR] = "one task-agnostic ranking: mean normalised rank over training tasks"
+        notes[CONSTANT_PRIOR] = "one task-agnostic ranking: mean normalised training rank"
     for metric, table in (metric_scores or {}).items():
         scores[metric] = table
         notes[metric] = "transferability metric (all M models run on the task)"
@@ -206,8 +221,8 @@ def markdown_table(results: Mapping, digits: int = 3) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in results["rows"].items():
         tau = row["weighted_tau"]
-        cells = [name, f"{tau['mean']:.{digits}f} [{tau['low']:.{digits}f}, {tau['high']:.{digits}f}]",
-                 f"{row['top1_hit']:.2f}"]
+        interval = f"{tau['mean']:.{digits}f} [{tau['low']:.{digits}f}, {tau['high']:.{digits}f}]"
+        cells = [name, interval, f"{row['top1_hit']:.2f}"]
         cells += [f"{row['per_task'][task]['weighted_tau']:.{digits}f}" for task in tasks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

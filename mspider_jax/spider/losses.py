@@ -1,10 +1,10 @@
-"""Ranking losses for Model Spider (Zhang et al., NeurIPS 2023; spec shared/specs/model_spider.md §5).
+"""Ranking losses for Model Spider (Zhang et al., NeurIPS 2023; spec model_spider.md §5).
 
 Every loss takes
   scores: [B, M] predicted scores (higher = better),
   labels: [B, M] ground truth (raw accuracies or ranks; only the order matters except for ListNet),
-  mask:   [B, M] bool, True where the label exists (a model without ground truth for a task is masked:
-          it is neither a target nor a competitor),
+  mask:   [B, M] bool, True where the label exists (a model without ground truth for a task
+          is masked: it is neither a target nor a competitor),
 and returns per-task losses [B]. A task with fewer than two valid models carries no ranking
 information: its loss is 0, and `task_weights` gives it weight 0 so that batch means skip it.
 
@@ -47,7 +47,7 @@ def task_weights(mask: jax.Array) -> jax.Array:
 
 
 def plackett_luce(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Plackett-Luce / ListMLE chain normalised by (n - 1), index-based ties (see module doc). -> [B]."""
+    """Plackett-Luce / ListMLE chain / (n - 1), index-based ties (module doc). -> [B]."""
     _check(scores, labels, mask)
     # Stable sort on the key (invalid last, then descending label): ties keep zoo order.
     sort_key = jnp.where(mask, -labels.astype(jnp.float32), jnp.inf)
@@ -57,13 +57,15 @@ def plackett_luce(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.
     masked_scores = jnp.where(sorted_valid, sorted_scores, _NEG)
     # log sum_{l >= j} exp(s_{pi_l}) for every position j.
     tail_logsumexp = jax.lax.cumlogsumexp(masked_scores, axis=1, reverse=True)
-    terms = jnp.where(sorted_valid, tail_logsumexp - masked_scores, 0.0)  # last valid term is exactly 0
+    # The last valid term is exactly 0 (log exp(s) - s).
+    terms = jnp.where(sorted_valid, tail_logsumexp - masked_scores, 0.0)
     num_valid = mask.sum(axis=-1)
     return terms.sum(axis=-1) / jnp.maximum(num_valid - 1, 1)
 
 
-def listnet(scores: jax.Array, labels: jax.Array, mask: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """ListNet top-1 cross entropy with targets softmax(labels / temperature) over valid models. -> [B]."""
+def listnet(scores: jax.Array, labels: jax.Array, mask: jax.Array,
+            temperature: float = 1.0) -> jax.Array:
+    """ListNet top-1 cross entropy, targets softmax(labels / temperature), valid models. -> [B]."""
     _check(scores, labels, mask)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -77,7 +79,8 @@ def pairwise_logistic(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> 
     """RankNet: mean over valid pairs (i better than j) of softplus(s_j - s_i). -> [B]."""
     _check(scores, labels, mask)
     better = (labels[:, :, None] > labels[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-    pair_loss = jax.nn.softplus(scores[:, None, :] - scores[:, :, None])  # [B, i, j] = softplus(s_j - s_i)
+    # pair_loss[b, i, j] = softplus(s_j - s_i).
+    pair_loss = jax.nn.softplus(scores[:, None, :] - scores[:, :, None])
     num_pairs = better.sum(axis=(1, 2))
     return jnp.where(better, pair_loss, 0.0).sum(axis=(1, 2)) / jnp.maximum(num_pairs, 1)
 
@@ -100,5 +103,5 @@ def get_loss(name: str, **options) -> LossFn:
 
 
 def batch_loss(per_task: jax.Array, weights: jax.Array) -> jax.Array:
-    """Weighted mean of per-task losses [B] with weights [B] (0 for padded or uninformative tasks)."""
+    """Weighted mean of per-task losses [B]; weights [B] are 0 for padding/uninformative tasks."""
     return jnp.sum(per_task * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -4,8 +4,8 @@ Spec: shared/specs/model_spider.md §4. For PTM m and a task, the token sequence
   X^(m) = [theta_m ; u_1 .. u_Pu ; v^(m)_1 .. v^(m)_Ph]          [L, W]
 (PTM token, generic task tokens, PTM-specific task tokens of m; padded rows masked), passed through
 post-LN attention blocks (QKV without bias, output projection with bias, dropout on the attention
-probabilities and on the projected output, no feed-forward) and read out at the PTM-token position by
-a head LN + Dense(1): s_m = head(Z^(m)_0).
+probabilities and on the projected output, no feed-forward) and read out at the PTM-token position
+by a head LN + Dense(1): s_m = head(Z^(m)_0).
 
 Two forms compute the same scores (parity-tested in deterministic mode):
 - `Ranker.__call__`, the efficient form (spec §4.3). With one block only row 0 of the attention is
@@ -16,11 +16,12 @@ Two forms compute the same scores (parity-tested in deterministic mode):
   and only the last block uses the row-0 read-out. This stays exact.
 - `Ranker.full_sequence_scores`, the reference form: the full L x L attention for every PTM.
 
-Conventions: scores [B, M] in zoo order, higher = better. Masks are boolean, True = real token; masked
-keys get logit -1e9 before the softmax (as the released code). Only keys are masked: a padded query
-row is never read out or used as a key. With several heads, the temperature is sqrt(W / heads), which
-is the paper's sqrt(1024) = 32 with one head. Initialisation as spec §4.4 (see `AttentionBlock`).
-Dropout is on when `deterministic=False`; it then needs `rngs` with a "dropout" stream.
+Conventions: scores [B, M] in zoo order, higher = better. Masks are boolean, True = real token;
+masked keys get logit -1e9 before the softmax (as the released code). Only keys are masked: a padded
+query row is never read out or used as a key. With several heads, the temperature is sqrt(W /
+heads), which is the paper's sqrt(1024) = 32 with one head. Initialisation as spec §4.4 (see
+`AttentionBlock`). Dropout is on when `deterministic=False`; it then needs `rngs` with a "dropout"
+stream.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class AttentionBlock(nnx.Module):
         self.query = nnx.Linear(width, width, use_bias=False, kernel_init=qkv_init, rngs=rngs)
         self.key = nnx.Linear(width, width, use_bias=False, kernel_init=qkv_init, rngs=rngs)
         self.value = nnx.Linear(width, width, use_bias=False, kernel_init=qkv_init, rngs=rngs)
-        self.output = nnx.Linear(width, width, rngs=rngs,
-                                 kernel_init=jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal"),
-                                 bias_init=tokens_lib.torch_uniform_init(width))
+        self.output = nnx.Linear(
+            width, width, rngs=rngs,
+            kernel_init=jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal"),
+            bias_init=tokens_lib.torch_uniform_init(width))
         self.attention_dropout = nnx.Dropout(dropout)
         self.output_dropout = nnx.Dropout(dropout)
         self.norm = nnx.LayerNorm(width, epsilon=_LAYER_NORM_EPSILON, rngs=rngs)
@@ -65,7 +67,8 @@ class AttentionBlock(nnx.Module):
         """[..., L, W] -> [..., L, H, d_head]."""
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
-    def _probabilities(self, logits: jax.Array, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    def _probabilities(self, logits: jax.Array, deterministic: bool,
+                       rngs: nnx.Rngs | None) -> jax.Array:
         probabilities = jax.nn.softmax(logits / math.sqrt(self.head_dim), axis=-1)
         return self.attention_dropout(probabilities, deterministic=deterministic, rngs=rngs)
 
@@ -97,16 +100,17 @@ class AttentionBlock(nnx.Module):
         attended = jnp.einsum("...hqk,...khd->...qhd", probabilities, values)
         return self._finish(queries_x, attended, deterministic, rngs)
 
-    def model_token_readout(self, model_tokens: jax.Array, task_tokens: jax.Array, task_mask: jax.Array,
-                            specific_tokens: jax.Array | None, specific_mask: jax.Array | None, *,
-                            deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def model_token_readout(self, model_tokens: jax.Array, task_tokens: jax.Array,
+                            task_mask: jax.Array, specific_tokens: jax.Array | None,
+                            specific_mask: jax.Array | None, *, deterministic: bool = True,
+                            rngs: nnx.Rngs | None = None) -> jax.Array:
         """Efficient read-out (spec §4.3): the output row of every PTM token, with shared task keys.
 
         Args:
           model_tokens: [M, W] PTM tokens theta (never masked).
           task_tokens: [B, Pu, W] projected generic task tokens; task_mask: [B, Pu].
-          specific_tokens: [B, M, Ph, W] projected PTM-specific tokens (row m only in PTM m's sequence),
-            or None for no specific block; specific_mask: [B, M, Ph].
+          specific_tokens: [B, M, Ph, W] projected PTM-specific tokens (row m only in PTM m's
+            sequence), or None for no specific block; specific_mask: [B, M, Ph].
 
         Returns:
           [B, M, W]: the block output at the PTM-token position of each PTM's sequence.
@@ -118,7 +122,7 @@ class AttentionBlock(nnx.Module):
         task_keys = self._split_heads(self.key(task_tokens))  # [B, Pu, H, d], shared by all PTMs
         task_values = self._split_heads(self.value(task_tokens))
 
-        self_logits = jnp.einsum("mhd,mhd->mh", queries, self_keys)[None, :, :, None]  # [1, M, H, 1]
+        self_logits = jnp.einsum("mhd,mhd->mh", queries, self_keys)[None, :, :, None]  # [1,M,H,1]
         self_logits = jnp.broadcast_to(self_logits, (batch, *self_logits.shape[1:]))
         task_logits = jnp.einsum("mhd,bphd->bmhp", queries, task_keys)
         task_logits = jnp.where(task_mask[:, None, None, :], task_logits, _MASKED_LOGIT)
@@ -127,7 +131,8 @@ class AttentionBlock(nnx.Module):
             specific_keys = self._split_heads(self.key(specific_tokens))  # [B, M, Ph, H, d]
             specific_values = self._split_heads(self.value(specific_tokens))
             specific_logits = jnp.einsum("mhd,bmphd->bmhp", queries, specific_keys)
-            specific_logits = jnp.where(specific_mask[:, :, None, :], specific_logits, _MASKED_LOGIT)
+            specific_logits = jnp.where(specific_mask[:, :, None, :], specific_logits,
+                                        _MASKED_LOGIT)
             blocks.append(specific_logits)
         probabilities = self._probabilities(jnp.concatenate(blocks, axis=-1), deterministic, rngs)
 
@@ -135,7 +140,8 @@ class AttentionBlock(nnx.Module):
         attended = probabilities[..., 0, None] * self_values[None]  # [B, M, H, d]
         attended += jnp.einsum("bmhp,bphd->bmhd", probabilities[..., 1:1 + num_tasks], task_values)
         if specific_tokens is not None:
-            attended += jnp.einsum("bmhp,bmphd->bmhd", probabilities[..., 1 + num_tasks:], specific_values)
+            attended += jnp.einsum("bmhp,bmphd->bmhd", probabilities[..., 1 + num_tasks:],
+                                   specific_values)
         queries_x = jnp.broadcast_to(model_tokens, (batch, *model_tokens.shape))
         return self._finish(queries_x, attended, deterministic, rngs)
 
@@ -144,12 +150,13 @@ class Ranker(nnx.Module):
     """Scores every PTM of a fixed zoo for a batch of tasks (Model Spider's ranker).
 
     Attributes:
-      num_models, generic_dim, model_dims, width, num_heads, depth: the architecture (also saved with
-        checkpoints so that `checkpointing.load_ranker` can rebuild it).
+      num_models, generic_dim, model_dims, width, num_heads, depth: the architecture (also saved
+        with checkpoints so that `checkpointing.load_ranker` can rebuild it).
     """
 
-    def __init__(self, *, num_models: int, generic_dim: int, model_dims: Sequence[int], width: int = 1024,
-                 num_heads: int = 1, depth: int = 1, dropout: float = 0.1, rngs: nnx.Rngs):
+    def __init__(self, *, num_models: int, generic_dim: int, model_dims: Sequence[int],
+                 width: int = 1024, num_heads: int = 1, depth: int = 1, dropout: float = 0.1,
+                 rngs: nnx.Rngs):
         if len(model_dims) != num_models:
             raise ValueError(f"model_dims has {len(model_dims)} entries for {num_models} models")
         if width % num_heads:
@@ -167,7 +174,8 @@ class Ranker(nnx.Module):
         self.generic_projection = tokens_lib.torch_linear(generic_dim, width, rngs=rngs)
         self.model_projections = tokens_lib.ModelProjections(self.model_dims, width, rngs=rngs)
         self.model_tokens = tokens_lib.ModelTokens(num_models, width, rngs=rngs)
-        self.blocks = nnx.List([AttentionBlock(width, num_heads, dropout, rngs=rngs) for _ in range(depth)])
+        self.blocks = nnx.List(
+            [AttentionBlock(width, num_heads, dropout, rngs=rngs) for _ in range(depth)])
         self.head_norm = nnx.LayerNorm(width, epsilon=_LAYER_NORM_EPSILON, rngs=rngs)
         self.head = tokens_lib.torch_linear(width, 1, rngs=rngs)
 
@@ -179,28 +187,38 @@ class Ranker(nnx.Module):
         if generic.ndim != 3 or generic.shape[-1] != self.generic_dim:
             raise ValueError(f"generic must be [B, Pu, {self.generic_dim}], got {generic.shape}")
         if generic_mask.shape != generic.shape[:2]:
-            raise ValueError(f"generic_mask {generic_mask.shape} does not match generic {generic.shape}")
+            raise ValueError(
+                f"generic_mask {generic_mask.shape} does not match generic {generic.shape}")
         if (specific is None) != (specific_mask is None):
             raise ValueError("give both specific and specific_mask, or neither")
         if specific is not None:
             expected = (generic.shape[0], self.num_models, specific.shape[2], self.max_model_dim)
             if specific.shape != expected:
-                raise ValueError(f"specific must be [B, M, Ph, Dmax] = {expected}, got {specific.shape}")
+                raise ValueError(
+                    f"specific must be [B, M, Ph, Dmax] = {expected}, got {specific.shape}")
             if specific_mask.shape != specific.shape[:3]:
-                raise ValueError(f"specific_mask {specific_mask.shape} does not match specific {specific.shape}")
+                raise ValueError(
+                    f"specific_mask {specific_mask.shape} does not match specific {specific.shape}")
 
     def _tokens(self, generic, specific):
-        task_tokens = self.generic_projection(generic)  # padded rows become the bias; they are masked
+        task_tokens = self.generic_projection(
+            generic)  # padded rows become the bias; they are masked
         specific_tokens = None if specific is None else self.model_projections(specific)
         return task_tokens, specific_tokens
 
     def _sequences(self, task_tokens, generic_mask, specific_tokens, specific_mask):
         """The full per-PTM sequences X [B, M, L, W] and key masks [B, M, L]."""
         batch, num_generic, width = task_tokens.shape
-        model_tokens = jnp.broadcast_to(self.model_tokens()[None, :, None, :], (batch, self.num_models, 1, width))
-        parts = [model_tokens, jnp.broadcast_to(task_tokens[:, None], (batch, self.num_models, num_generic, width))]
-        masks = [jnp.ones((batch, self.num_models, 1), bool),
-                 jnp.broadcast_to(generic_mask[:, None, :], (batch, self.num_models, num_generic))]
+        model_tokens = jnp.broadcast_to(self.model_tokens()[None, :, None, :],
+                                        (batch, self.num_models, 1, width))
+        parts = [
+            model_tokens,
+            jnp.broadcast_to(task_tokens[:, None], (batch, self.num_models, num_generic, width))
+        ]
+        masks = [
+            jnp.ones((batch, self.num_models, 1), bool),
+            jnp.broadcast_to(generic_mask[:, None, :], (batch, self.num_models, num_generic))
+        ]
         if specific_tokens is not None:
             parts.append(specific_tokens)
             masks.append(specific_mask)
@@ -210,15 +228,17 @@ class Ranker(nnx.Module):
         """[B, M, W] -> [B, M]."""
         return self.head(self.head_norm(readout))[..., 0]
 
-    def __call__(self, generic: jax.Array, generic_mask: jax.Array, specific: jax.Array | None = None,
-                 specific_mask: jax.Array | None = None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, generic: jax.Array, generic_mask: jax.Array,
+                 specific: jax.Array | None = None, specific_mask: jax.Array | None = None, *,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Scores all M PTMs for each task (efficient form).
 
         Args:
-          generic: [B, Pu, Dg] generic class prototypes, zero-padded rows; generic_mask: [B, Pu] bool.
-          specific: [B, M, Ph, Dmax] PTM-specific class prototypes (zero-padded rows and columns), or
-            None when no PTM is enriched; specific_mask: [B, M, Ph] bool (all False for a PTM that is not
+          generic: [B, Pu, Dg] generic class prototypes, zero-padded rows; generic_mask: [B, Pu]
+            bool.
+          specific: [B, M, Ph, Dmax] PTM-specific class prototypes (zero-padded rows and columns),
+            or None when no PTM is enriched; specific_mask: [B, M, Ph] bool (all False for a PTM
+            that is not
             enriched: its score is then exactly its stage-1 score).
           deterministic: False turns dropout on (then `rngs` must have a "dropout" stream).
 
@@ -229,16 +249,19 @@ class Ranker(nnx.Module):
         task_tokens, specific_tokens = self._tokens(generic, specific)
         options = dict(deterministic=deterministic, rngs=rngs)
         if self.depth == 1:
-            readout = self.blocks[0].model_token_readout(self.model_tokens(), task_tokens, generic_mask,
-                                                         specific_tokens, specific_mask, **options)
+            readout = self.blocks[0].model_token_readout(self.model_tokens(), task_tokens,
+                                                         generic_mask, specific_tokens,
+                                                         specific_mask, **options)
             return self._score(readout)
-        sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens, specific_mask)
+        sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens,
+                                              specific_mask)
         for block in self.blocks[:-1]:
             sequences = block(sequences, sequences, key_mask, **options)
         readout = self.blocks[-1](sequences[:, :, :1], sequences, key_mask, **options)[:, :, 0]
         return self._score(readout)
 
-    def full_sequence_scores(self, generic: jax.Array, generic_mask: jax.Array, specific: jax.Array | None = None,
+    def full_sequence_scores(self, generic: jax.Array, generic_mask: jax.Array,
+                             specific: jax.Array | None = None,
                              specific_mask: jax.Array | None = None, *, deterministic: bool = True,
                              rngs: nnx.Rngs | None = None) -> jax.Array:
         """Reference form: the full L x L attention over every PTM's sequence, read out at row 0.
@@ -247,7 +270,9 @@ class Ranker(nnx.Module):
         """
         self._check_inputs(generic, generic_mask, specific, specific_mask)
         task_tokens, specific_tokens = self._tokens(generic, specific)
-        sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens, specific_mask)
+        sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens,
+                                              specific_mask)
         for block in self.blocks:
-            sequences = block(sequences, sequences, key_mask, deterministic=deterministic, rngs=rngs)
+            sequences = block(sequences, sequences, key_mask, deterministic=deterministic,
+                              rngs=rngs)
         return self._score(sequences[:, :, 0])

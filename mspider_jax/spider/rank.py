@@ -1,10 +1,10 @@
-"""Two-stage ranking of PTMs with a trained Model Spider ranker (spec shared/specs/model_spider.md §7).
+"""Two-stage ranking of PTMs with a trained Model Spider ranker (spec model_spider.md §7).
 
-Stage 1 scores all M PTMs from the task's generic class prototypes alone. Stage 2 takes the top-k PTMs
-of stage 1, gets their own class prototypes on the task (that is, runs only those k PTMs over the
-data), and re-scores them with their PTM-specific tokens. Every other PTM keeps its stage-1 score
-exactly (its specific block is fully masked, and we copy the stage-1 value to make that explicit).
-The final ranking sorts all M scores together; ties keep zoo order (stable sort).
+Stage 1 scores all M PTMs from the task's generic class prototypes alone. Stage 2 takes the top-k
+PTMs of stage 1, gets their own class prototypes on the task (that is, runs only those k PTMs over
+the data), and re-scores them with their PTM-specific tokens. Every other PTM keeps its stage-1
+score exactly (its specific block is fully masked, and we copy the stage-1 value to make that
+explicit). The final ranking sorts all M scores together; ties keep zoo order (stable sort).
 
 `rank_task` serves one new task and calls the prototype callable only for the k PTMs it enriches;
 `score_tasks` / `two_stage_scores` score many prepared tasks (a `data.TaskSet`) in batches.
@@ -34,8 +34,9 @@ def _scores(graphdef, params, generic, generic_mask, specific, specific_mask):
 def score_batch(ranker: model_lib.Ranker, batch: data_lib.Batch) -> np.ndarray:
     """Deterministic scores [B, M] of a padded batch (jit-compiled once per batch shape)."""
     graphdef, params = nnx.split(ranker)
-    return np.asarray(_scores(graphdef, params, batch.generic, batch.generic_mask, batch.specific,
-                              batch.specific_mask))
+    return np.asarray(
+        _scores(graphdef, params, batch.generic, batch.generic_mask, batch.specific,
+                batch.specific_mask))
 
 
 def score_tasks(ranker: model_lib.Ranker, taskset: data_lib.TaskSet, *, specific_length: int,
@@ -45,10 +46,11 @@ def score_tasks(ranker: model_lib.Ranker, taskset: data_lib.TaskSet, *, specific
 
     Args:
       specific_length: P_h (rows kept of each PTM-specific block).
-      generic_length: Pu of every batch; default `bucket_length` of the task set's largest class count.
+      generic_length: Pu of every batch; default `bucket_length` of the task set's largest class
+        count.
       enriched: [T, M] bool, the PTMs scored with their specific tokens; None = stage 1 for all.
-      batch_size: every batch is padded to this many tasks, so that all batches (and task sets of the
-        same generic_length) share one compiled program.
+      batch_size: every batch is padded to this many tasks, so that all batches (and task sets of
+        the same generic_length) share one compiled program.
     """
     scores = np.zeros((len(taskset), ranker.num_models), np.float32)
     if generic_length is None:
@@ -64,7 +66,7 @@ def score_tasks(ranker: model_lib.Ranker, taskset: data_lib.TaskSet, *, specific
 
 
 def top_k_mask(scores: np.ndarray, k: int, available: np.ndarray | None = None) -> np.ndarray:
-    """[T, M] bool marking each row's k highest scores among `available` models (ties: lower index)."""
+    """[T, M] bool: each row's k highest scores among `available` models (ties: lower index)."""
     scores = np.asarray(scores, np.float64)
     if available is not None:
         scores = np.where(available, scores, -np.inf)
@@ -83,7 +85,8 @@ def two_stage_scores(ranker: model_lib.Ranker, taskset: data_lib.TaskSet, k: int
       **scoring: `score_tasks` options (specific_length, generic_length, batch_size).
 
     Returns:
-      (final scores [T, M], enriched [T, M] bool). With k = 0 the final scores are the stage-1 scores.
+      (final scores [T, M], enriched [T, M] bool). With k = 0 the final scores are the stage-1
+      scores.
     """
     if stage1 is None:
         stage1 = score_tasks(ranker, taskset, **scoring)
@@ -119,8 +122,8 @@ class Ranking:
         return [self.model_names[i] for i in self.order]
 
 
-def rank_task(ranker: model_lib.Ranker, model_names: Sequence[str], generic_prototypes: np.ndarray, *,
-              specific_length: int, k: int = 0,
+def rank_task(ranker: model_lib.Ranker, model_names: Sequence[str], generic_prototypes: np.ndarray,
+              *, specific_length: int, k: int = 0,
               model_prototypes: Callable[[str], np.ndarray] | None = None) -> Ranking:
     """Ranks the zoo for one task in two stages.
 
@@ -137,7 +140,8 @@ def rank_task(ranker: model_lib.Ranker, model_names: Sequence[str], generic_prot
       A `Ranking`.
     """
     if len(model_names) != ranker.num_models:
-        raise ValueError(f"{len(model_names)} model names for a ranker of {ranker.num_models} models")
+        raise ValueError(
+            f"{len(model_names)} model names for a ranker of {ranker.num_models} models")
     if k < 0 or k > ranker.num_models:
         raise ValueError(f"k must be in 0..{ranker.num_models}, got {k}")
     if k and model_prototypes is None:
@@ -149,7 +153,10 @@ def rank_task(ranker: model_lib.Ranker, model_names: Sequence[str], generic_prot
     enriched = tuple(int(i) for i in top_k_mask(stage1[None], k)[0].nonzero()[0]) if k else ()
     scores = stage1
     if enriched:
-        per_model = {model_names[i]: np.asarray(model_prototypes(model_names[i]), np.float32) for i in enriched}
+        per_model = {
+            model_names[i]: np.asarray(model_prototypes(model_names[i]), np.float32)
+            for i in enriched
+        }
         task = dataclasses.replace(task, per_model=per_model)
         mask = np.zeros((1, ranker.num_models), bool)
         mask[0, list(enriched)] = True

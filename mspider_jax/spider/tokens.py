@@ -1,21 +1,22 @@
 """Task tokens and PTM tokens of Model Spider (Zhang et al., NeurIPS 2023, arXiv 2306.03900).
 
 Spec: shared/specs/model_spider.md §2–3.
-- Generic task tokens: the class prototypes of a task under the generic encoder, [C, Dg], projected by
-  one shared affine map ("uni linear", Dg -> W).
-- PTM-specific task tokens: the class prototypes in PTM m's own feature space, [C, d_m], projected by
-  a per-PTM affine map ("hete linear", d_m -> W). PTMs have different d_m; we zero-pad every input to
-  Dmax = max_m d_m and keep one weight tensor [M, Dmax, W]. Zero-padding is exact for affine maps (the
-  padded input columns meet weight rows that never receive gradient; we initialise them to zero).
+- Generic task tokens: the class prototypes of a task under the generic encoder, [C, Dg], projected
+  by one shared affine map ("uni linear", Dg -> W).
+- PTM-specific task tokens: the class prototypes in PTM m's own feature space, [C, d_m], projected
+  by a per-PTM affine map ("hete linear", d_m -> W). PTMs have different d_m; we zero-pad every
+  input to Dmax = max_m d_m and keep one weight tensor [M, Dmax, W]. Zero-padding is exact for
+  affine maps (the padded input columns meet weight rows that never receive gradient; we initialise
+  them to zero).
 - PTM tokens: one free vector per PTM, [M, W], initialised N(0, 1).
 
 Padding: token blocks are padded with zero rows to a static length and carry a boolean mask
-(True = real token). No parameter shape depends on a padded length, so the same ranker serves tasks of
-any class count; lengths are bucketed (`bucket_length`) to bound the number of compilations.
+(True = real token). No parameter shape depends on a padded length, so the same ranker serves tasks
+of any class count; lengths are bucketed (`bucket_length`) to bound the number of compilations.
 
 Initialisation follows the released PyTorch code (spec §4.4): Linear layers use PyTorch's default
-U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights AND biases (Flax's default would be lecun-normal with zero
-bias).
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights AND biases (Flax's default would be lecun-normal with
+zero bias).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from flax import nnx
 
 
 def bucket_length(num_rows: int, minimum: int = 8) -> int:
-    """The smallest power of two >= max(num_rows, minimum): a static padded length for `num_rows` tokens."""
+    """The smallest power of two >= max(num_rows, minimum): a static padded token count."""
     if num_rows < 0 or minimum < 1:
         raise ValueError(f"need num_rows >= 0 and minimum >= 1; got {num_rows}, {minimum}")
     return 1 << (max(num_rows, minimum) - 1).bit_length()
 
 
-def pad_rows(rows: np.ndarray, length: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(rows: np.ndarray, length: int,
+             dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pads (or truncates to the first `length` rows) a token block, and zero-pads its columns.
 
     Args:
@@ -62,7 +64,7 @@ def pad_rows(rows: np.ndarray, length: int, dim: int | None = None) -> tuple[np.
 
 
 def torch_uniform_init(fan_in: int) -> nnx.Initializer:
-    """PyTorch's default Linear initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (weights and biases)."""
+    """PyTorch's default Linear initialiser (weights and biases): U(±1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
@@ -95,7 +97,8 @@ class ModelProjections(nnx.Module):
         dims = np.asarray(self.model_dims, np.float32)
         bounds = jnp.asarray(1.0 / np.sqrt(dims))
         is_real_row = jnp.asarray(np.arange(max_dim)[None, :] < dims[:, None])
-        kernel = jax.random.uniform(rngs.params(), (num_models, max_dim, width), minval=-1.0, maxval=1.0)
+        kernel = jax.random.uniform(rngs.params(), (num_models, max_dim, width), minval=-1.0,
+                                    maxval=1.0)
         bias = jax.random.uniform(rngs.params(), (num_models, width), minval=-1.0, maxval=1.0)
         self.kernel = nnx.Param(kernel * bounds[:, None, None] * is_real_row[:, :, None])
         self.bias = nnx.Param(bias * bounds[:, None])

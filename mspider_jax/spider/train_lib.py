@@ -1,4 +1,4 @@
-"""Training and evaluation of Model Spider (Zhang et al., NeurIPS 2023; spec model_spider.md §6–8).
+"""Training and evaluation of Model Spider (Zhang et al., NeurIPS 2023; spec model_spider.md §6-8).
 
 `train_and_evaluate(config, workdir)` trains the ranker on training tasks with known PTM rankings,
 selects the best step on HELD-OUT TRAINING tasks (validation; never the targets), and evaluates the
@@ -18,10 +18,10 @@ Protocol (spec §6.2, defaults of `configs/spider_*.py`):
 - Labels: ranks or raw accuracies; models without ground truth are masked out of the loss.
 - Data parallel: the batch axis is sharded over all devices (`mspider_jax.sharding`), parameters
   replicated; batches are padded to a multiple of the device count with weight-0 tasks.
-- Determinism and resuming: the task order of epoch e, the batch's k and PTM subsets, and the dropout
-  key of step s are all derived from (seed, e, s), so a run resumed from its last checkpoint replays
-  exactly the steps an uninterrupted run would take. Checkpoints every `checkpoint_every_steps` and
-  at each epoch end.
+- Determinism and resuming: the task order of epoch e, the batch's k and PTM subsets, and the
+  dropout key of step s are all derived from (seed, e, s), so a run resumed from its last checkpoint
+  replays exactly the steps an uninterrupted run would take. Checkpoints every
+  `checkpoint_every_steps` and at each epoch end.
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ from mspider_jax.spider import tokens as tokens_lib
 
 VALIDATION_METRIC = "val_weighted_tau"
 
-
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -72,7 +71,7 @@ class Data:
     metric_scores: dict[str, np.ndarray]
 
 
-def _csv_where(text: str) -> dict[str, str]:
+def csv_filter(text: str) -> dict[str, str]:
     """"zoo=single_source_10,split=a" -> {"zoo": "single_source_10", "split": "a"}."""
     where = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -83,29 +82,36 @@ def _csv_where(text: str) -> dict[str, str]:
     return where
 
 
-def _load_tasks(split_config: ml_collections.ConfigDict, model_names: tuple[str, ...], generic_model: str,
-                what: str) -> data_lib.TaskSet:
-    """Loads one split (train or targets) from a prototype bank or a feature store + a ground-truth CSV."""
+def _load_tasks(split_config: ml_collections.ConfigDict, model_names: tuple[str, ...],
+                generic_model: str, what: str) -> data_lib.TaskSet:
+    """Loads one split (train or targets): a prototype bank or feature store + a ground truth."""
     if not split_config.ground_truth:
         raise ValueError(f"config.data.{what}.ground_truth: a ground-truth CSV is required")
     if bool(split_config.bank) == bool(split_config.store):
-        raise ValueError(f"config.data.{what}: set exactly one of bank (prototype bank .npz) or store")
+        raise ValueError(
+            f"config.data.{what}: set exactly one of bank (prototype bank .npz) or store")
     csv_options = dict(task_column=split_config.task_column, model_column=split_config.model_column,
-                       value_column=split_config.value_column, where=_csv_where(split_config.where))
+                       value_column=split_config.value_column, where=csv_filter(split_config.where))
     if split_config.bank:
         bank = prototypes_lib.load_prototype_bank(split_config.bank)
         names = list(split_config.tasks) or [task.name for task in bank]
         by_name = {task.name: task for task in bank}
         missing = [name for name in names if name not in by_name]
         if missing:
-            raise ValueError(f"config.data.{what}.tasks: {missing} are not in the bank {split_config.bank}")
-        performance = data_lib.performance_from_csv(split_config.ground_truth, names, model_names, **csv_options)
-        return data_lib.taskset_from_bank([by_name[name] for name in names], model_names, performance)
+            raise ValueError(
+                f"config.data.{what}.tasks: {missing} are not in the bank {split_config.bank}")
+        performance = data_lib.performance_from_csv(split_config.ground_truth, names, model_names,
+                                                    **csv_options)
+        return data_lib.taskset_from_bank([by_name[name] for name in names], model_names,
+                                          performance)
     store = _open_store(split_config.store)
-    names = list(split_config.tasks) or [d for d in store.datasets() if split_config.split in store.splits(d)]
-    performance = data_lib.performance_from_csv(split_config.ground_truth, names, model_names, **csv_options)
-    return data_lib.taskset_from_store(store, names, model_names, performance, split=split_config.split,
-                                       generic_model=generic_model)
+    names = list(split_config.tasks) or data_lib.tasks_in_csv(
+        split_config.ground_truth, task_column=split_config.task_column, where=csv_options["where"])
+    performance = data_lib.performance_from_csv(split_config.ground_truth, names, model_names,
+                                                **csv_options)
+    return data_lib.taskset_from_store(store, names, model_names, performance,
+                                       split=split_config.split, generic_model=generic_model,
+                                       store_prefix=split_config.store_prefix)
 
 
 def _open_store(path: str):
@@ -131,7 +137,8 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         if not 0 < data_config.num_val_tasks < len(tasks):
             raise ValueError(f"config.data.num_val_tasks={data_config.num_val_tasks} must be in "
                              f"1..{len(tasks) - 1} for {len(tasks)} training tasks")
-        picked = np.random.default_rng([config.seed, 1]).choice(len(tasks), data_config.num_val_tasks, replace=False)
+        rng = np.random.default_rng([config.seed, 1])
+        picked = rng.choice(len(tasks), data_config.num_val_tasks, replace=False)
         val_names = [tasks.names[i] for i in sorted(picked)]
     val = tasks.select(val_names)
     train = tasks.select([name for name in tasks.names if name not in set(val_names)])
@@ -139,7 +146,8 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         raise ValueError("no training tasks left after holding out the validation tasks")
     targets = None
     if data_config.targets.bank or data_config.targets.store:
-        targets = _load_tasks(data_config.targets, model_names, data_config.generic_model, "targets")
+        targets = _load_tasks(data_config.targets, model_names, data_config.generic_model,
+                              "targets")
         leaked = set(targets.names) & set(tasks.names)
         if leaked:
             raise ValueError(f"tasks {sorted(leaked)} are both training and target tasks")
@@ -147,7 +155,8 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     if config.eval.metric_scores:
         if targets is None:
             raise ValueError("config.eval.metric_scores needs target tasks")
-        metric_scores = evaluate_lib.read_metric_scores(config.eval.metric_scores, targets.names, model_names)
+        metric_scores = evaluate_lib.read_metric_scores(config.eval.metric_scores, targets.names,
+                                                        model_names)
     return Data(model_names, train, val, targets, metric_scores)
 
 
@@ -161,34 +170,42 @@ def resolve_model_dims(data: Data) -> tuple[int, ...]:
                     raise ValueError(f"model {model}: feature dim {dim} differs from {dims[model]}")
     missing = [m for m in data.model_names if m not in dims]
     if missing:
-        raise ValueError(f"no prototypes of models {missing} in any task: their feature dims are unknown")
+        raise ValueError(
+            f"no prototypes of models {missing} in any task: their feature dims are unknown")
     return tuple(dims[m] for m in data.model_names)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Optimisation
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
+                           epochs: int) -> optax.Schedule:
     """Cosine annealing stepped per epoch (spec §6.2): constant within an epoch."""
+
     def schedule(step):
         epoch = jnp.minimum(step // steps_per_epoch, epochs - 1)
-        return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / epochs))
+        cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / epochs))
+        return optim.final_lr + (optim.lr - optim.final_lr) * cosine
+
     return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
     return optax.adam(schedule, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
 
 
 def loss_fn_from_config(config: ml_collections.ConfigDict) -> losses_lib.LossFn:
-    options = {"temperature": config.loss.listnet_temperature} if config.loss.name == "listnet" else {}
+    options = {}
+    if config.loss.name == "listnet":
+        options["temperature"] = config.loss.listnet_temperature
     return losses_lib.get_loss(config.loss.name, **options)
 
 
-def batch_objective(graphdef: nnx.GraphDef, params: Any, batch: data_lib.Batch, dropout_key: jax.Array | None,
-                    loss_fn: losses_lib.LossFn) -> jax.Array:
+def batch_objective(graphdef: nnx.GraphDef, params: Any, batch: data_lib.Batch,
+                    dropout_key: jax.Array | None, loss_fn: losses_lib.LossFn) -> jax.Array:
     """Mean ranking loss of a batch (dropout on when `dropout_key` is given)."""
     ranker = nnx.merge(graphdef, params)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
@@ -197,25 +214,33 @@ def batch_objective(graphdef: nnx.GraphDef, params: Any, batch: data_lib.Batch, 
     return losses_lib.batch_loss(loss_fn(scores, batch.labels, batch.label_mask), batch.task_weight)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: losses_lib.LossFn):
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    loss_fn: losses_lib.LossFn):
     """A jitted (params, opt_state, batch, dropout_key) -> (params, opt_state, loss)."""
+
     def train_step(params, opt_state, batch, dropout_key):
-        loss, grads = jax.value_and_grad(batch_objective, argnums=1)(graphdef, params, batch, dropout_key, loss_fn)
+        objective = lambda p: batch_objective(graphdef, p, batch, dropout_key, loss_fn)
+        loss, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
+
     return jax.jit(train_step, donate_argnums=(0, 1))
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_train_step(graphdef: nnx.GraphDef, optim_items: tuple, loss_items: tuple, steps_per_epoch: int,
-                       epochs: int):
-    """One jitted step per (architecture, optimiser, loss, schedule): a resumed run in the same process
-    reuses the compiled program."""
-    config = ml_collections.ConfigDict(dict(optim=dict(optim_items), loss=dict(loss_items), train=dict(epochs=epochs)))
-    return make_train_step(graphdef, make_optimizer(config, steps_per_epoch), loss_fn_from_config(config))
+def _cached_train_step(graphdef: nnx.GraphDef, optim_items: tuple, loss_items: tuple,
+                       steps_per_epoch: int, epochs: int):
+    """One jitted step per (architecture, optimiser, loss, schedule).
+
+    A resumed run in the same process then reuses the compiled program.
+    """
+    config = ml_collections.ConfigDict(
+        dict(optim=dict(optim_items), loss=dict(loss_items), train=dict(epochs=epochs)))
+    return make_train_step(graphdef, make_optimizer(config, steps_per_epoch),
+                           loss_fn_from_config(config))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Files
 
 
@@ -255,7 +280,7 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -263,18 +288,21 @@ def _epoch_order(seed: int, epoch: int, num_tasks: int) -> np.ndarray:
     return np.random.default_rng([seed, 2, epoch]).permutation(num_tasks)
 
 
-def training_batch(config: ml_collections.ConfigDict, train: data_lib.TaskSet, step: int, steps_per_epoch: int,
-                   batch_size: int, *, model_dims: tuple[int, ...], generic_length: int,
-                   specific_length: int, available: np.ndarray) -> data_lib.Batch:
+def training_batch(config: ml_collections.ConfigDict, train: data_lib.TaskSet, step: int,
+                   steps_per_epoch: int, batch_size: int, *, model_dims: tuple[int, ...],
+                   generic_length: int, specific_length: int,
+                   available: np.ndarray) -> data_lib.Batch:
     """The batch of global step `step` (a pure function of the config, data and step)."""
     epoch, position = divmod(step, steps_per_epoch)
-    indices = _epoch_order(config.seed, epoch, len(train))[position * config.train.batch_size:
-                                                            (position + 1) * config.train.batch_size]
+    order = _epoch_order(config.seed, epoch, len(train))
+    indices = order[position * config.train.batch_size:(position + 1) * config.train.batch_size]
     rng = np.random.default_rng([config.seed, 3, step])
-    enriched = data_lib.sample_enrichment(rng, available[indices], config.train.k_min, config.train.k_max)
-    return data_lib.make_batch(train, indices, model_dims=model_dims, specific_length=specific_length,
-                               label_kind=config.data.label, batch_size=batch_size,
-                               generic_length=generic_length, enriched=enriched)
+    enriched = data_lib.sample_enrichment(rng, available[indices], config.train.k_min,
+                                          config.train.k_max)
+    return data_lib.make_batch(train, indices, model_dims=model_dims,
+                               specific_length=specific_length, label_kind=config.data.label,
+                               batch_size=batch_size, generic_length=generic_length,
+                               enriched=enriched)
 
 
 def _run_meta(config: ml_collections.ConfigDict, ranker_kwargs: dict, model_names, step: int,
@@ -299,19 +327,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     data = load_data(config)
     model_dims = resolve_model_dims(data)
     specific_length = config.model.specific_length or data.train.max_classes
-    # One padded length for every batch of the run (training, validation, targets): one program each.
-    generic_length = tokens_lib.bucket_length(max(s.max_classes for s in (data.train, data.val, data.targets)
-                                                  if s is not None))
+    # One padded length for all batches of the run (train, validation, targets): fewer programs.
+    generic_length = tokens_lib.bucket_length(
+        max(s.max_classes for s in (data.train, data.val, data.targets) if s is not None))
     scoring = dict(specific_length=specific_length, generic_length=generic_length,
                    batch_size=config.eval.batch_size)
     with config.unlocked():  # record the resolved values (inference needs them)
         config.data.models = tuple(data.model_names)
         config.model.specific_length = int(specific_length)
     ranker_kwargs = dict(num_models=len(data.model_names), generic_dim=data.train.generic_dim,
-                         model_dims=list(model_dims), width=config.model.width, num_heads=config.model.num_heads,
-                         depth=config.model.depth, dropout=config.model.dropout)
+                         model_dims=list(model_dims), width=config.model.width,
+                         num_heads=config.model.num_heads, depth=config.model.depth,
+                         dropout=config.model.dropout)
     if is_main:
-        _write_text_atomic(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        _write_text_atomic(workdir / "config.json",
+                           json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
     ranker = model_lib.Ranker(**ranker_kwargs, rngs=nnx.Rngs(params=config.seed))
     graphdef, state = nnx.split(ranker)
@@ -325,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     params = sharding.replicate(params, device_mesh)
     opt_state = sharding.replicate(tx.init(params), device_mesh)
 
-    latest = checkpointing.Checkpoints(workdir / checkpointing.LATEST_DIR, config.train.max_checkpoints)
+    latest = checkpointing.Checkpoints(workdir / checkpointing.LATEST_DIR,
+                                       config.train.max_checkpoints)
     best = checkpointing.BestCheckpoint(workdir / checkpointing.BEST_DIR, VALIDATION_METRIC)
     log = MetricsLog(workdir / "metrics.jsonl", is_main)
     start_step = 0
@@ -337,20 +368,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     else:
         log.truncate_after(0)
 
-    train_step = _cached_train_step(graphdef, tuple(config.optim.items()), tuple(config.loss.items()),
-                                    steps_per_epoch, config.train.epochs)
+    train_step = _cached_train_step(graphdef, tuple(config.optim.items()),
+                                    tuple(config.loss.items()), steps_per_epoch,
+                                    config.train.epochs)
     available = data.train.has_prototypes()
     base_key = jax.random.key(config.seed)
-    batch_options = dict(model_dims=model_dims, generic_length=generic_length, specific_length=specific_length,
-                         available=available)
-    logging.info("Training %d tasks (%d validation), zoo of %d, %d steps of %d tasks on %d device(s).",
-                 len(data.train), len(data.val), len(data.model_names), total_steps, batch_size,
-                 sharding.num_shards(device_mesh))
+    batch_options = dict(model_dims=model_dims, generic_length=generic_length,
+                         specific_length=specific_length, available=available)
+    logging.info(
+        "Training %d tasks (%d validation), zoo of %d, %d steps of %d tasks on %d device(s).",
+        len(data.train), len(data.val), len(data.model_names), total_steps, batch_size,
+        sharding.num_shards(device_mesh))
     loop_start, losses_since_log = time.time(), []
     for step in range(start_step, total_steps):
-        batch = training_batch(config, data.train, step, steps_per_epoch, batch_size, **batch_options)
+        batch = training_batch(config, data.train, step, steps_per_epoch, batch_size,
+                               **batch_options)
         batch = sharding.shard_batch(batch, device_mesh)
-        params, opt_state, loss = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
+        params, opt_state, loss = train_step(params, opt_state, batch,
+                                             jax.random.fold_in(base_key, step))
         losses_since_log.append(loss)
         done = step + 1
         if done % config.train.log_every_steps == 0 or done == total_steps:
@@ -360,23 +395,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             record = {"step": done, "epoch": done / steps_per_epoch, "loss": mean_loss,
                       "lr": float(schedule(step)), "steps_per_s": rate}
             log.write(record)
-            logging.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.1f steps/s, ETA %s", done, total_steps,
-                         record["epoch"], mean_loss, record["lr"], rate,
+            logging.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.1f steps/s, ETA %s", done,
+                         total_steps, record["epoch"], mean_loss, record["lr"], rate,
                          _format_seconds((total_steps - done) / rate))
         end_of_epoch = done % steps_per_epoch == 0
-        if (end_of_epoch and (done // steps_per_epoch) % config.train.eval_every_epochs == 0) or done == total_steps:
+        epoch_done = done // steps_per_epoch
+        is_eval_epoch = end_of_epoch and epoch_done % config.train.eval_every_epochs == 0
+        if is_eval_epoch or done == total_steps:
             # Scored on one device, like the final evaluation: the two share compiled programs.
             ranker = nnx.merge(graphdef, jax.device_put(params, jax.local_devices()[0]))
             val_scores = rank_lib.score_tasks(ranker, data.val, **scoring)
             val_tau = evaluate_lib.mean_weighted_tau(data.val.performance, val_scores)
-            improved = best.maybe_save(done, params, _run_meta(config, ranker_kwargs, data.model_names, done,
-                                                               steps_per_epoch), val_tau)
+            meta = _run_meta(config, ranker_kwargs, data.model_names, done, steps_per_epoch)
+            improved = best.maybe_save(done, params, meta, val_tau)
             log.write({"step": done, "epoch": done / steps_per_epoch, VALIDATION_METRIC: val_tau,
                        "best": best.value})
-            logging.info("step %d validation weighted tau %.4f (best %.4f%s)", done, val_tau, best.value,
-                         ", saved" if improved else "")
+            logging.info("step %d validation weighted tau %.4f (best %.4f%s)", done, val_tau,
+                         best.value, ", saved" if improved else "")
         if end_of_epoch or done % config.train.checkpoint_every_steps == 0 or done == total_steps:
-            latest.save(done, params, _run_meta(config, ranker_kwargs, data.model_names, done, steps_per_epoch),
+            latest.save(done, params,
+                        _run_meta(config, ranker_kwargs, data.model_names, done, steps_per_epoch),
                         opt_state)
         if done == config.train.stop_after_step:
             latest.close()
@@ -392,31 +430,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return evaluate_best(config, workdir, data, scoring, training_seconds=training_seconds)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Final evaluation
 
 
-def _ranking_latency(ranker: model_lib.Ranker, targets: data_lib.TaskSet, k: int, specific_length: int,
-                     repeats: int) -> dict:
-    """Median wall time of `rank.rank_task` (stage 1 + stage 2 with k) per target task, after warm-up.
+def _ranking_latency(ranker: model_lib.Ranker, targets: data_lib.TaskSet, k: int,
+                     specific_length: int, repeats: int) -> dict:
+    """Median wall time per target task of `rank.rank_task` (stage 1 + stage 2), after warm-up.
 
     The prototypes are precomputed: this is the ranker's cost, not the PTMs' forward passes.
     """
     times = []
     for task in targets.tasks:
-        run = lambda: rank_lib.rank_task(ranker, targets.model_names, task.generic, specific_length=specific_length,
-                                         k=k, model_prototypes=task.per_model.__getitem__)
+        run = lambda: rank_lib.rank_task(ranker, targets.model_names, task.generic,
+                                         specific_length=specific_length, k=k,
+                                         model_prototypes=task.per_model.__getitem__)
         run()  # compile for this task's padded shapes
         for _ in range(repeats):
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-    return {"median_ms": 1e3 * float(np.median(times)), "mean_ms": 1e3 * float(np.mean(times)), "k": k,
-            "device": str(jax.devices()[0].platform)}
+    return {"median_ms": 1e3 * float(np.median(times)), "mean_ms": 1e3 * float(np.mean(times)),
+            "k": k, "device": str(jax.devices()[0].platform)}
 
 
-def evaluate_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Data, scoring: dict,
-                  training_seconds: float | None = None) -> dict:
+def evaluate_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Data,
+                  scoring: dict, training_seconds: float | None = None) -> dict:
     """Evaluates the best checkpoint of `workdir` on the target tasks; writes results.json/.md.
 
     `scoring`: `rank.score_tasks` options (specific_length, generic_length, batch_size).
@@ -431,7 +470,8 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
         metric_scores=data.metric_scores)
     if config.eval.latency_repeats:
         results["latency_per_task"] = _ranking_latency(ranker, data.targets, config.eval.rerank_k,
-                                                       scoring["specific_length"], config.eval.latency_repeats)
+                                                       scoring["specific_length"],
+                                                       config.eval.latency_repeats)
     results["training_seconds"] = training_seconds
     results["validation_tasks"] = data.val.names
     if jax.process_index() == 0:
@@ -439,5 +479,6 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
         _write_text_atomic(workdir / "results.md", evaluate_lib.markdown_table(results))
     for name, row in results["rows"].items():
         tau = row["weighted_tau"]
-        logging.info("%-60s weighted tau %.3f [%.3f, %.3f]", name, tau["mean"], tau["low"], tau["high"])
+        logging.info("%-60s weighted tau %.3f [%.3f, %.3f]", name, tau["mean"], tau["low"],
+                     tau["high"])
     return results
