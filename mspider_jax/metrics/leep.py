@@ -14,12 +14,12 @@ Conventions:
     denominator, E + 1e-10 inside the log, and the Σ_y Y·log(Y + 1e-10) term (adds ~1e-10).
 Result <= 0, larger is better. Invariant to permuting the labels. Classification only.
 
-Implementation: matmul forms only, never the [N, Cs, C] tensor; only E_{i, y_i} is needed, so E is
-gathered per sample as a row-wise dot of P with Qᵀ[y_i] (O(N·Cs) after the O(N·Cs·C) joint).
+Implementation: matmul forms only, never the [N, Cs, C] tensor: J = PᵀY and E = PQ are two
+O(N·Cs·C) matmuls (no [N, Cs] gathers, which are slow on CPU).
 
-Precision policy: softmax and the joint Pᵀ Y run in the logits' dtype (float32 for torch logits, like
-the reference); Q, E and the log-mean run in float64 when available. P and Y are non-negative, so no
-cancellation happens in the float32 products.
+Precision policy: softmax and the matmuls PᵀY and PQ run in the logits' dtype (float32 for torch
+logits, like the reference); Q, the picked E_{i,y_i} and the log-mean run in float64 when available.
+P, Y and Q are non-negative, so no cancellation happens in the float32 products.
 
 Complexity: O(N·Cs·C) flops, O(N·Cs + Cs·C) memory.
 """
@@ -51,8 +51,10 @@ def leep_from_probabilities(
     else:
         has_mass = marginal > 0
         conditional = jnp.where(has_mass[:, None], joint / jnp.where(has_mass, marginal, 1.0)[:, None], 0.0)
-    # E_{i, y_i} = Σ_z P_iz Q_{z, y_i}: gather the column of Q for each sample's label.
-    per_sample = jnp.sum(L.to_high(p) * conditional.T[labels], axis=1)  # [N]
+    # E = P Q [N, C] (a matmul of non-negative terms, so float32 loses nothing that matters), then
+    # E_{i, y_i} picked with the one-hot mask in high precision.
+    expected = L.to_high(L.mm(p, conditional.astype(p.dtype)))
+    per_sample = jnp.sum(expected * L.one_hot(labels, num_classes, expected.dtype), axis=1)  # [N]
     if convention == "model_spider":
         # Σ_y Y_iy log(Y_iy + 1e-10) = log(1 + 1e-10) for the one-hot entry (zeros contribute 0).
         return jnp.mean(jnp.log(per_sample + MODEL_SPIDER_EPS)) + jnp.log1p(MODEL_SPIDER_EPS)

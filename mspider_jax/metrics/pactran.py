@@ -20,8 +20,8 @@ driver's negation is our orientation). Option `alpha` (default 1.0, the driver's
 Classification only; labels are remapped to contiguous classes, since absent classes (a0 ≈ 1e-10)
 would distort lnΓ terms.
 
-Implementation: matmul/gather forms, never the reference's [N, C, Cs] tensor: Yᵀq is a one-hot
-matmul, Y·ψ(A) a row gather ψ(A)[y].
+Implementation: matmul forms, never the reference's [N, C, Cs] tensor: Yᵀq and Y·ψ(A) are one-hot
+matmuls (exact: one non-zero term per output entry); the softmax takes one exp per element.
 
 Precision policy: the [N, Cs] iterates (log_s, logits, log-softmax) run in the logits' dtype (float32
 for torch logits, as in the reference's inputs); the class sums A, the digamma/lnΓ terms and every
@@ -60,6 +60,23 @@ def _posterior(one_hot: jax.Array, a0: jax.Array, q: jax.Array) -> jax.Array:
     return a0[:, None] + L.to_high(L.mm(one_hot.T, q))
 
 
+def _rows_of_class(one_hot: jax.Array, table: jax.Array) -> jax.Array:
+    """Y·table: row y_i of a [C, Cs] table for every sample -> [N, Cs] in the one-hot's dtype.
+
+    A one-hot matmul rather than a gather: exact (one non-zero term per output) and ~15x faster than
+    XLA's CPU gather at N=10⁴, Cs=10³.
+    """
+    return L.mm(one_hot, table.astype(one_hot.dtype))
+
+
+def _softmax_with_log(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row softmax and log-softmax of [N, Cs] with a single exp per element (the hot loop)."""
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    exps = jnp.exp(shifted)
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    return exps / total, shifted - jnp.log(total)
+
+
 def _kl_per_source(q: jax.Array, log_q: jax.Array, log_s: jax.Array) -> jax.Array:
     """Σ_i q_iz (log q_iz − log_s_iz): [Cs] accumulated in high precision."""
     return jnp.sum(L.to_high(q * (log_q - log_s)), axis=0)
@@ -83,9 +100,8 @@ def pactran_dirichlet(
         _, q, _ = state
         posterior = _posterior(one_hot, a0, q)
         shift = digamma(posterior) - digamma(jnp.sum(posterior, axis=0, keepdims=True))  # [C, Cs]
-        new_logits = log_s + shift.astype(dtype)[labels]
-        log_q = jax.nn.log_softmax(new_logits, axis=-1)
-        return posterior, jnp.exp(log_q), log_q
+        q, log_q = _softmax_with_log(log_s + _rows_of_class(one_hot, shift))
+        return posterior, q, log_q
 
     init = (jnp.zeros((num_classes, log_s.shape[1]), L.high_dtype()), probabilities, log_s)
     posterior, q, log_q = lax.fori_loop(0, NUM_ITERATIONS, body, init)
@@ -111,30 +127,24 @@ def pactran_gamma(
     beta, bandwidth = 1.0, 1.0
     probabilities, log_s, a0, one_hot, n = _setup(logits, labels, num_classes, alpha)
     dtype = probabilities.dtype
-    probabilities_high = L.to_high(probabilities)
     log_bw = jnp.log(bandwidth)
 
     def body(_, state):
-        _, _, q, _ = state
+        _, q, _ = state
         posterior = _posterior(one_hot, a0, q)
-        lw = probabilities_high @ (jnp.sum(posterior, axis=0) / bandwidth)  # [N]
-        new_logits = log_s + (digamma(posterior) - log_bw).astype(dtype)[labels]
-        log_q = jax.nn.log_softmax(new_logits, axis=-1)
-        return posterior, lw, jnp.exp(log_q), log_q
+        q, log_q = _softmax_with_log(log_s + _rows_of_class(one_hot, digamma(posterior) - log_bw))
+        return posterior, q, log_q
 
-    init = (
-        jnp.zeros((num_classes, log_s.shape[1]), L.high_dtype()),
-        jnp.zeros((n,), L.high_dtype()),
-        probabilities,
-        log_s,
-    )
-    posterior, lw, q, log_q = lax.fori_loop(0, NUM_ITERATIONS, body, init)
+    init = (jnp.zeros((num_classes, log_s.shape[1]), L.high_dtype()), probabilities, log_s)
+    posterior, q, log_q = lax.fori_loop(0, NUM_ITERATIONS, body, init)
+    # lw uses the posterior of the last iteration (built from the 9th q) and P, not q.
+    lw = L.mm(probabilities, (jnp.sum(posterior, axis=0) / bandwidth).astype(dtype)[:, None])[:, 0]
 
     num_source = log_s.shape[1]
     prior_terms = num_source * jnp.sum(gammaln(a0) - a0 * jnp.log(beta)) + jnp.sum(
         -gammaln(posterior) + posterior * log_bw
     )
-    sample_terms = jnp.sum(_kl_per_source(q, log_q, log_s)) + jnp.sum(jnp.log(lw) - 1.0)
+    sample_terms = jnp.sum(_kl_per_source(q, log_q, log_s)) + jnp.sum(jnp.log(L.to_high(lw)) - 1.0)
     pac_gamma = (prior_terms + sample_terms) / (n * num_classes) + 1.0
     return -pac_gamma
 

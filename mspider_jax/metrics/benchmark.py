@@ -1,0 +1,201 @@
+"""Speed benchmark of every registered metric against this machine's floor.
+
+For each size (N, D, C, Cs) a seeded synthetic task (`synthetic.make_task`: float32 features with class
+structure, logits from a random linear head) is scored by every registered metric with the default
+call (`score`, or `score_components` for zoo-relative metrics). Reported per metric: the median
+wall time over `repeats` calls after one compiling call, and its ratio to the *floor* measured in the
+same run: one jitted float32 `F.T @ F` plus `jnp.linalg.eigh` of the D×D result (NumPy's floor is
+printed too). A second table times scoring a zoo of `zoo_size` models in one `score_zoo` call vs
+`zoo_size` separate `score` calls.
+
+The reference times and targets of issue 3 (N=10000, D=2048, C=100, Cs=1000, the "medium" size) are
+shown next to the medium results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mspider_jax import metrics as M
+from mspider_jax.metrics.synthetic import SyntheticTask, make_task
+
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "small": (2000, 256, 10, 100),
+    "medium": (10000, 2048, 100, 1000),
+    "large": (50000, 2048, 100, 1000),
+}
+
+# Reference implementations' times (s) on the 2-core development machine at the medium size (issue 3).
+REFERENCE_SECONDS = {
+    "hscore": 3.9, "logme": 4.5, "lfc": 4.7, "leep": 11.6, "gbc": 11.1, "pactran_dirichlet": 37.9,
+    "pactran_gamma": 35.5, "nleep": 300.0, "otce": 1.0, "sfda": 16.6, "transrate": 14.5, "ped": 17.9,
+    "etran": 8.4, "emms": 4.5, "ncti": 1.5, "nce": 0.01,
+}
+FLOOR_BOUND = {"hscore": 1.5, "logme": 1.5, "lfc": 1.5, "emms": 1.5}  # within this × floor
+ABSOLUTE_BOUND = {"nleep": 30.0, "nce": 0.01}  # seconds
+
+
+def _target(name: str, seconds: float, floor: float) -> tuple[str, bool | None]:
+    """(target text, met?) at the medium size."""
+    if name in FLOOR_BOUND:
+        return f"<= {FLOOR_BOUND[name]}x floor", seconds <= FLOOR_BOUND[name] * floor
+    if name in ABSOLUTE_BOUND:
+        return f"<= {ABSOLUTE_BOUND[name]:g} s", seconds <= ABSOLUTE_BOUND[name]
+    if name in REFERENCE_SECONDS:
+        return f">= 10x faster than {REFERENCE_SECONDS[name]:g} s", seconds * 10 <= REFERENCE_SECONDS[name]
+    return "-", None
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_floor(features: np.ndarray, repeats: int) -> tuple[float, float]:
+    """(jitted float32 FᵀF + eigh seconds, NumPy float32 FᵀF + eigh seconds), medians."""
+
+    @jax.jit
+    def floor(f):
+        return jnp.linalg.eigh(f.T @ f)[0]
+
+    device_features = jnp.asarray(features)
+    floor(device_features).block_until_ready()
+    jax_seconds = _median_time(lambda: floor(device_features).block_until_ready(), repeats)
+    numpy_seconds = _median_time(lambda: np.linalg.eigh(features.T @ features), repeats)
+    return jax_seconds, numpy_seconds
+
+
+def _inputs(task: SyntheticTask, name: str) -> dict[str, np.ndarray]:
+    spec = M.get(name)
+    available = {
+        "features": task.features, "logits": task.logits,
+        "source_features": task.source_features, "source_labels": task.source_labels,
+    }
+    return {k: v for k, v in available.items() if k in spec.needs}
+
+
+def _score_once(task: SyntheticTask, name: str) -> Callable[[], object]:
+    fn = M.score_components if M.get(name).is_zoo_relative else M.score
+    inputs = _inputs(task, name)
+    return lambda: fn(name, labels=task.labels, **inputs)
+
+
+def _zoo(task: SyntheticTask, size: int, seed: int) -> list[SyntheticTask]:
+    """`size` models sharing the task's labels: column-permuted, rescaled, noised copies."""
+    rng = np.random.default_rng(seed)
+    models = []
+    for m in range(size):
+        columns = rng.permutation(task.features.shape[1])
+        noise = rng.standard_normal(task.features.shape, dtype=np.float32) * np.float32(0.05 * m)
+        features = np.maximum(task.features[:, columns] * np.float32(1.0 + 0.1 * m) + noise, 0.0)
+        logits = task.logits + rng.standard_normal(task.logits.shape, dtype=np.float32) * np.float32(0.1 * m)
+        models.append(dataclasses.replace(task, features=features, logits=logits))
+    return models
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    seconds: float | None
+    error: str | None = None
+
+
+def run(
+    sizes: Sequence[str] = ("small", "medium"),
+    metrics: Sequence[str] | None = None,
+    repeats: int = 3,
+    zoo_size: int = 10,
+    zoo_metrics: Sequence[str] = ("hscore", "logme", "leep"),
+    log: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Runs the benchmark; returns the markdown report (also streamed line by line to `log`).
+
+    `progress` receives one line per finished metric with the elapsed time and an ETA (default: none).
+    """
+    progress = progress or (lambda message: None)
+    names = list(metrics) if metrics is not None else list(M.names())
+    for name in (*names, *zoo_metrics):
+        M.get(name)  # unknown names fail before any work
+    report: list[str] = []
+
+    def emit(line: str = "") -> None:
+        report.append(line)
+        log(line)
+
+    emit(f"# Metrics benchmark ({jax.default_backend()}, {jax.device_count()} device(s), jax {jax.__version__})")
+    for size in sizes:
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+        n, d, c, cs = SIZES[size]
+        started = time.perf_counter()
+        task = make_task(n, d, c, cs, seed=0)
+        floor, numpy_floor = measure_floor(task.features, repeats)
+        emit()
+        emit(f"## {size}: N={n}, D={d}, C={c}, Cs={cs}")
+        emit()
+        emit(f"Floor (jitted float32 FᵀF + eigh): {floor:.3f} s; NumPy float32 floor: {numpy_floor:.3f} s. Median of {repeats} after compilation.")
+        emit()
+        header = "| metric | seconds | x floor |"
+        if size == "medium":
+            header += " reference s | speed-up | target | met |"
+        emit(header)
+        emit("|---|---:|---:|" + ("---:|---:|---|---|" if size == "medium" else ""))
+        for index, name in enumerate(names):
+            call = _score_once(task, name)
+            try:
+                call()  # compile
+                seconds = _median_time(call, repeats)
+                line = f"| {name} | {seconds:.3f} | {seconds / floor:.2f} |"
+                if size == "medium":
+                    reference = REFERENCE_SECONDS.get(name)
+                    target, met = _target(name, seconds, floor)
+                    speedup = f"{reference / seconds:.1f}x" if reference else "-"
+                    met_text = "-" if met is None else ("yes" if met else "**no**")
+                    line += f" {reference if reference else '-'} | {speedup} | {target} | {met_text} |"
+            except Exception as err:  # noqa: BLE001 -- a failing metric is reported, not hidden
+                line = f"| {name} | error: {type(err).__name__}: {str(err)[:120]} | |"
+            emit(line)
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (index + 1) * (len(names) - index - 1)
+            progress(f"[{size} {index + 1}/{len(names)}] {name} done; elapsed {elapsed:.0f}s, ETA for this size {eta:.0f}s")
+
+        if zoo_size > 0 and zoo_metrics:
+            zoo = _zoo(task, zoo_size, seed=1)
+            emit()
+            emit(f"Zoo of {zoo_size} models: one `score_zoo` call vs {zoo_size} `score` calls (after compilation).")
+            emit()
+            emit("| metric | score_zoo s | separate s | ratio |")
+            emit("|---|---:|---:|---:|")
+            for name in zoo_metrics:
+                spec = M.get(name)
+                per_model = {k: [getattr(m, k) for m in zoo] for k in ("features", "logits", "source_features") if k in spec.needs}
+                shared = {"source_labels": task.source_labels} if "source_labels" in spec.needs else {}
+
+                def batched():
+                    return M.score_zoo(name, labels=task.labels, **per_model, **shared)
+
+                def separate():
+                    return [_score_once(m, name)() for m in zoo]
+
+                try:
+                    batched()
+                    separate()
+                    zoo_seconds = _median_time(batched, max(1, repeats // 2))
+                    loop_seconds = _median_time(separate, max(1, repeats // 2))
+                    emit(f"| {name} | {zoo_seconds:.3f} | {loop_seconds:.3f} | {loop_seconds / zoo_seconds:.2f}x |")
+                except Exception as err:  # noqa: BLE001
+                    emit(f"| {name} | error: {type(err).__name__}: {str(err)[:120]} | | |")
+                progress(f"[{size} zoo] {name} done; elapsed {time.perf_counter() - started:.0f}s")
+    return "\n".join(report) + "\n"
