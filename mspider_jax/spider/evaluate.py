@@ -214,15 +214,52 @@ def evaluate_targets(ranker: model_lib.Ranker, targets: data_lib.TaskSet, *, sco
             "scores": {name: np.asarray(s).tolist() for name, s in scores.items()}}
 
 
-def markdown_table(results: Mapping, digits: int = 3) -> str:
-    """Weighted tau per row: mean [95% CI] over tasks, top-1 hit rate, then each task's value."""
-    tasks = list(results["tasks"])
-    header = ["method", "mean weighted tau [95% CI]", "top-1 hit", *tasks]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in results["rows"].items():
-        tau = row["weighted_tau"]
-        interval = f"{tau['mean']:.{digits}f} [{tau['low']:.{digits}f}, {tau['high']:.{digits}f}]"
-        cells = [name, interval, f"{row['top1_hit']:.2f}"]
-        cells += [f"{row['per_task'][task]['weighted_tau']:.{digits}f}" for task in tasks]
-        lines.append("| " + " | ".join(cells) + " |")
+def results_table(results: Mapping, targets: data_lib.TaskSet) -> ev.Table:
+    """The weighted-tau table of `evaluation.results_table` for the rows of `evaluate_targets`.
+
+    Model Spider and metric rows are methods; the training-task constant prior is a reference row,
+    beside the evaluation package's random row and its leave-one-target-out prior (left out when it
+    is undefined: fewer than 2 targets, or it ties every model of some target). Models without
+    ground truth on a target are left out of that target.
+    """
+    model_names, performance = targets.model_names, targets.performance
+    methods = [name for name in results["scores"] if name != CONSTANT_PRIOR]
+    records, truth = [], []
+    for t, task in enumerate(results["tasks"]):
+        for m, model in enumerate(model_names):
+            if np.isnan(performance[t, m]):
+                continue
+            truth.append({"dataset": task, "model": model, "accuracy": performance[t, m]})
+            records.append({"dataset": task, "model": model,
+                            **{name: results["scores"][name][t][m] for name in methods}})
+    priors = {}
+    if CONSTANT_PRIOR in results["scores"]:
+        priors[CONSTANT_PRIOR] = dict(zip(model_names, results["scores"][CONSTANT_PRIOR][0]))
+    options = dict(methods=methods, datasets=list(results["tasks"]), reference_priors=priors)
+    if len(results["tasks"]) >= 2:
+        try:
+            return ev.results_table(records, truth, loo_prior=True, **options)
+        except ValueError as err:
+            # With few targets the leave-one-target-out prior can tie every model (undefined tau).
+            if ev.table.LOO_PRIOR_NAME not in str(err):
+                raise
+    return ev.results_table(records, truth, loo_prior=False, **options)
+
+
+def markdown_report(results: Mapping, targets: data_lib.TaskSet) -> str:
+    """results.md: the weighted-tau table, then the re-ranking depths and timings."""
+    lines = ["# Model Spider on the target tasks", "", results_table(results, targets).to_markdown()]
+    k = results["k"]
+    lines.append(f"Stage 2 re-ranks each task's own stage-1 top-k (fixed k = {k['fixed']}).")
+    if "validation" in k:
+        lines.append(f"k chosen on the validation (held-out training) tasks: {k['validation']}.")
+    if "paper_compat" in k:
+        lines.append(f"paper_compat is OPTIMISTIC: pooled top-k and k = {k['paper_compat']} chosen "
+                     "on the target tasks themselves, as the released code does.")
+    latency = results.get("latency_per_task")
+    if latency:
+        lines.append(f"Ranking latency per task (stage 1 + stage 2, k = {latency['k']}, prototypes "
+                     f"given): median {latency['median_ms']:.1f} ms on {latency['device']}.")
+    if results.get("training_seconds") is not None:
+        lines.append(f"Training time: {results['training_seconds']:.0f} s.")
     return "\n".join(lines) + "\n"

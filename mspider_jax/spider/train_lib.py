@@ -157,6 +157,12 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
             raise ValueError("config.eval.metric_scores needs target tasks")
         metric_scores = evaluate_lib.read_metric_scores(config.eval.metric_scores, targets.names,
                                                         model_names)
+        for metric, table in metric_scores.items():
+            missing = np.argwhere(np.isnan(table) & ~np.isnan(targets.performance))
+            if missing.size:
+                t, m = missing[0]
+                raise ValueError(f"{config.eval.metric_scores}: metric {metric} has no score for "
+                                 f"target {targets.names[t]}, model {model_names[m]}")
     return Data(model_names, train, val, targets, metric_scores)
 
 
@@ -476,7 +482,8 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     results["validation_tasks"] = data.val.names
     if jax.process_index() == 0:
         _write_text_atomic(workdir / "results.json", json.dumps(results, indent=2))
-        _write_text_atomic(workdir / "results.md", evaluate_lib.markdown_table(results))
+        _write_text_atomic(workdir / "results.md",
+                           evaluate_lib.markdown_report(results, data.targets))
     for name, row in results["rows"].items():
         tau = row["weighted_tau"]
         logging.info("%-60s weighted tau %.3f [%.3f, %.3f]", name, tau["mean"], tau["low"],
