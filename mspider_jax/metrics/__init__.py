@@ -42,6 +42,14 @@ _METRIC_MODULES: tuple[str, ...] = (
     "lfc",
     "transrate",
     "emms",
+    "nleep",
+    "otce",
+    "pactran_gauss",
+    "gbc",
+    "sfda",
+    "ncti",
+    "etran",
+    "ped",
 )
 
 # The order of the metrics table (README, CLI output, benchmark). Registered names not listed here
