@@ -59,7 +59,7 @@ def test_model_spider_convention_in_float64(name):
     assert rel(value, reference(name, TALL, "model_spider")) < 1e-6
 
 
-@pytest.mark.parametrize("name", ("hscore", "logme", "lfc", "transrate", "leep", "pactran_dirichlet"))
+@pytest.mark.parametrize("name", ("hscore", "logme", "lfc", "transrate"))
 def test_wide_features_n_below_d(name):
     inputs = dict(features=WIDE.features, logits=WIDE.logits, labels=WIDE.labels)
     assert rel(M.score(name, **inputs), reference(name, WIDE)) < 1e-4
@@ -80,12 +80,10 @@ def test_leep_paper_convention_has_no_epsilons():
 
 
 def test_logme_regression_tall_and_wide(rng):
-    for task in (TALL, WIDE):
-        targets = rng.normal(size=(task.features.shape[0], 3)) + 5.0
-        value = M.score("logme", features=task.features, labels=targets)
-        assert rel(value, R.logme(task.features, targets)) < 1e-4
+    targets = rng.normal(size=(WIDE.features.shape[0], 2)) + 5.0
+    assert rel(M.score("logme", features=WIDE.features, labels=targets), R.logme(WIDE.features, targets)) < 1e-4
     # A 1-D float target is one column.
-    target = rng.normal(size=TALL.features.shape[0])
+    target = rng.normal(size=TALL.features.shape[0]) - 3.0
     assert rel(M.score("logme", features=TALL.features, labels=target), R.logme(TALL.features, target[:, None])) < 1e-4
 
 
@@ -120,8 +118,6 @@ def test_lfc_model_spider_subsamples_with_key():
     value = M.score("lfc", features=TALL.features, labels=TALL.labels, convention="model_spider", key=key, max_samples=100)
     rows = np.asarray(jax.random.permutation(key, TALL.features.shape[0])[:100])
     assert rel(value, R.lfc(TALL.features[rows], TALL.labels[rows])) < 1e-4
-    # "paper" always uses every sample.
-    assert rel(M.score("lfc", features=TALL.features, labels=TALL.labels, max_samples=100), R.lfc(TALL.features, TALL.labels)) < 1e-4
 
 
 # -- hand-computed cases ------------------------------------------------------------------------------
@@ -154,9 +150,10 @@ def test_lfc_by_hand():
 
 
 def test_sparsemax_matches_definition(rng):
-    for z in (rng.normal(size=5), np.array([0.1, 0.1, 0.1]), np.array([3.0, -1.0]), rng.normal(size=1)):
+    jitted = jax.jit(sparsemax)  # one compilation for every case (all of length 4)
+    for z in (rng.normal(size=4), np.full(4, 0.1), np.array([3.0, -1.0, 0.5, 2.9]), np.array([9.0, 0.0, 0.0, 0.0])):
         with L.precision_scope():
-            out = np.asarray(sparsemax(np.asarray(z)))
+            out = np.asarray(jitted(np.asarray(z)))
         np.testing.assert_allclose(out, R.sparsemax(z), atol=1e-12)
         assert out.sum() == pytest.approx(1.0) and (out >= 0).all()
 
@@ -183,10 +180,10 @@ def test_label_permutation_invariance(name, rng):
 # -- precision: float32 default vs float64 throughout ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("name", ("hscore", "logme", "transrate", "emms"))
 def test_float32_default_matches_float64_inputs(name):
-    # Same task as the reference tests: the float64-input call reuses the compilation of
-    # test_model_spider_convention_in_float64 where the conventions coincide.
+    # The feature metrics whose float32 Gram feeds float64 eigen/Cholesky steps (the logit metrics
+    # are covered by the float64 model_spider test against the same NumPy references).
     value32 = M.score(name, features=TALL.features, logits=TALL.logits, labels=TALL.labels)
     with jax.enable_x64(True):
         value64 = M.score(name, features=TALL.features.astype(np.float64), logits=TALL.logits.astype(np.float64), labels=TALL.labels)
@@ -196,18 +193,26 @@ def test_float32_default_matches_float64_inputs(name):
 def test_linalg_helpers_match_numpy(rng):
     x = (rng.normal(size=(50, 6)) + 30.0).astype(np.float32)  # large common offset
     t = rng.normal(size=(50, 2)) - 4.0
+    a = np.cov(rng.normal(size=(8, 4)), rowvar=False)
+    a[:, 0] = a[0, :] = 0.0  # singular
     x64 = x.astype(np.float64)
+
+    @jax.jit
+    def helpers(x, t, a):  # one compilation for all helpers
+        return dict(
+            gram=L.uncentered_gram(x), cross=L.uncentered_cross(x, t), kernel=L.uncentered_kernel(x),
+            cov=L.covariance(x), pinv=L.pinv_psd(a, rtol=1e-10), logdet=L.logdet_spd(a + jax.numpy.eye(4)),
+            variance=L.pca_eigh(x)[0],
+        )
+
     with L.precision_scope():
-        np.testing.assert_allclose(L.uncentered_gram(x), x64.T @ x64, rtol=1e-6)
-        np.testing.assert_allclose(L.uncentered_cross(x, t), x64.T @ t, rtol=1e-6)
-        np.testing.assert_allclose(L.uncentered_kernel(x), x64 @ x64.T, rtol=1e-6)
-        cov = np.cov(x64, rowvar=False)
-        # float32 Gram of centred data: errors relative to the spread (the largest entry), not per entry.
-        np.testing.assert_allclose(L.covariance(x), cov, atol=1e-6 * np.abs(cov).max())
-        a = np.cov(rng.normal(size=(8, 4)), rowvar=False)  # rank 4 of 4, then make it singular
-        a[:, 0] = a[0, :] = 0.0
-        np.testing.assert_allclose(L.pinv_psd(a, rtol=1e-10), np.linalg.pinv(a, rcond=1e-10), atol=1e-10)
-        spd = a + np.eye(4)
-        assert float(L.logdet_spd(spd)) == pytest.approx(np.linalg.slogdet(spd)[1], rel=1e-12)
-        variance, components, _ = L.pca_eigh(x)
-        np.testing.assert_allclose(variance, np.linalg.eigvalsh(np.cov(x64, rowvar=False))[::-1], rtol=1e-5)
+        out = helpers(x, t, a)
+    np.testing.assert_allclose(out["gram"], x64.T @ x64, rtol=1e-6)
+    np.testing.assert_allclose(out["cross"], x64.T @ t, rtol=1e-6)
+    np.testing.assert_allclose(out["kernel"], x64 @ x64.T, rtol=1e-6)
+    cov = np.cov(x64, rowvar=False)
+    # float32 Gram of centred data: errors relative to the spread (the largest entry), not per entry.
+    np.testing.assert_allclose(out["cov"], cov, atol=1e-6 * np.abs(cov).max())
+    np.testing.assert_allclose(out["pinv"], np.linalg.pinv(a, rcond=1e-10), atol=1e-10)
+    assert float(out["logdet"]) == pytest.approx(np.linalg.slogdet(a + np.eye(4))[1], rel=1e-12)
+    np.testing.assert_allclose(out["variance"], np.linalg.eigvalsh(cov)[::-1], rtol=1e-5, atol=1e-6 * cov.max())
