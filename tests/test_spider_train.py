@@ -49,7 +49,7 @@ def _smoke_config(zoo, **fields):
 
 @pytest.fixture(scope="module")
 def smoke_run(zoo, tmp_path_factory):
-    """The uninterrupted smoke run through the script (the process inherits the 4 fake devices)."""
+    """The smoke run through the script (the process inherits the 4 fake devices)."""
     workdir = tmp_path_factory.mktemp("smoke") / "workdir"
     models = "(" + ",".join(repr(m) for m in zoo["models"].split(",")) + ")"
     overrides = {
@@ -61,8 +61,10 @@ def smoke_run(zoo, tmp_path_factory):
     }
     command = [sys.executable, "scripts/train.py", "--config=configs/spider_minizoo.py:smoke",
                f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+    # LLVM optimisation level 0: a third less compile time, same results to float rounding.
+    xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags})
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result.stderr
 
@@ -104,8 +106,10 @@ def test_smoke_run_end_to_end(smoke_run, zoo):
     np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
 
 
-def test_resume_after_a_kill_reaches_the_uninterrupted_result(smoke_run, zoo, tmp_path):
-    reference_dir, _ = smoke_run
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(zoo, tmp_path):
+    # The uninterrupted reference runs in this process too, so both use the same compiled programs.
+    reference = train_lib.train_and_evaluate(_smoke_config(zoo), tmp_path / "reference")
+    assert reference["best"]["val_weighted_tau"] is not None  # no targets: validation summary only
     workdir = tmp_path / "resumed"
     # "Kill" after step 3: the last checkpoint is step 2 (checkpoint_every_steps = 2).
     killed = train_lib.train_and_evaluate(_smoke_config(zoo, **{"train.stop_after_step": 3}),
@@ -125,10 +129,11 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(smoke_run, zoo, tm
         return params, meta
 
     resumed, meta = final_params(workdir)
-    reference, _ = final_params(reference_dir)
+    expected, _ = final_params(tmp_path / "reference")
     assert meta["step"] == 4
-    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    jax.tree.map(same, resumed, reference)
+    jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+    losses_of = lambda d: [r["loss"] for r in _records(d) if "loss" in r]
+    np.testing.assert_array_equal(losses_of(workdir)[2:], losses_of(tmp_path / "reference")[2:])
 
 
 def test_sharded_batch_gives_the_same_loss_and_gradients(zoo):
