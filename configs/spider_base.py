@@ -1,8 +1,7 @@
 """Defaults shared by the Model Spider configs (`configs/spider_*.py`), = the paper's protocol.
 
 Spec shared/specs/model_spider.md §4 (architecture) and §6.2 (optimisation). Not a config file on
-its
-own: `get_config` returns these defaults with empty data sources (fill `data`).
+its own: `get_config` returns these defaults with empty data sources (fill `data`).
 """
 
 import pathlib
@@ -18,12 +17,10 @@ def repo_path(relative: str) -> str:
 
 
 def task_source(**overrides) -> ml_collections.ConfigDict:
-    """Where one split's tasks come from: a prototype bank OR a feature store, plus a ground-truth
-    CSV.
+    """Where one split's tasks come from: a prototype bank OR a feature store, plus a ground truth.
 
-    bank: prototype bank .npz (mspider_jax.spider.prototypes); store: feature store root ("minizoo"
-      = the
-    offline mini zoo's target store); split: store split; store_prefix: task t is store dataset
+    bank: prototype bank .npz (mspider_jax.spider.prototypes); store: feature store root ("minizoo" =
+    the offline mini zoo's target store); split: store split; store_prefix: task t is store dataset
     store_prefix + t; tasks: task names (empty = all tasks of the bank, or of the ground truth for a
     store); ground_truth: long CSV read with task_column / model_column / value_column, keeping the
     rows that match `where` ("column=value,...").

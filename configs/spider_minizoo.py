@@ -2,14 +2,13 @@
 
   python scripts/train.py --config=configs/spider_minizoo.py --workdir=/tmp/spider_minizoo
   python scripts/train.py --config=configs/spider_minizoo.py:smoke --workdir=/tmp/smoke \
-      --config.data.models="('m0','m1')" --config.data.train.bank=...
-      --config.data.train.ground_truth=... \
+      --config.data.models="('m0','m1')" \
+      --config.data.train.bank=... --config.data.train.ground_truth=... \
       --config.data.targets.bank=... --config.data.targets.ground_truth=...
 
 The mini zoo is small (few PTMs, low-dimensional features), so the ranker is narrow (width 128): the
 checkpoint is a few MB and training takes minutes on CPU. `smoke` is a seconds-long run on data that
-the caller provides (the tests build a tiny synthetic bank); its paths must be set on the command
-line.
+the caller provides (the tests build a tiny synthetic bank); its paths are set on the command line.
 """
 
 import ml_collections
@@ -28,9 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.train = spider_base.task_source(
         bank=str(artifact / minizoo.TRAINING_BANK),
         ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["training"]))
+    # Targets: store datasets mz_<target>, named so in the ground truth too.
     config.data.targets = spider_base.task_source(
-        store="minizoo", store_prefix=minizoo.TARGET_PREFIX,
-        ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["targets"]))
+        store="minizoo", ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["targets"]))
     config.model.width = 128
     config.train.epochs = 30
     config.train.batch_size = 16

@@ -7,8 +7,8 @@ with the generic encoder stored as model `generic` (`--config.data.generic_model
   python scripts/train.py --config=configs/spider_single_source.py:store=STORE --workdir=DIR
 
 Training tasks: the 13 of the released script minus 2 held out for validation (different source
-mixes);
-labels: the published FTRank of each task; targets: the 8 classification datasets of Table 1.
+mixes); labels: the published FTRank of each task; targets: the 8 classification datasets of
+Table 1.
 """
 
 import ml_collections

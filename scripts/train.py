@@ -1,5 +1,6 @@
-"""Trains and evaluates Model Spider: `python scripts/train.py --config=configs/spider_minizoo.py
---workdir=DIR`.
+"""Trains and evaluates Model Spider (mspider_jax.spider.train_lib.train_and_evaluate).
+
+  python scripts/train.py --config=configs/spider_minizoo.py --workdir=DIR
 
 Rerunning with the same workdir resumes from its last checkpoint. Fields are overridden with
 `--config.train.epochs=5` (the config is locked, so typos fail).

@@ -238,8 +238,7 @@ class Ranker(nnx.Module):
             bool.
           specific: [B, M, Ph, Dmax] PTM-specific class prototypes (zero-padded rows and columns),
             or None when no PTM is enriched; specific_mask: [B, M, Ph] bool (all False for a PTM
-            that is not
-            enriched: its score is then exactly its stage-1 score).
+            that is not enriched: its score is then exactly its stage-1 score).
           deterministic: False turns dropout on (then `rngs` must have a "dropout" stream).
 
         Returns:
