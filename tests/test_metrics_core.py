@@ -137,6 +137,14 @@ def test_nce_by_hand():
         assert M.score("nce", logits=logits, labels=np.array([0, 0, 1, 1]), convention=convention) == pytest.approx(expected, rel=1e-9)
 
 
+def test_nce_ties_take_the_first_index():
+    # Row 2 ties between source classes 0 and 1: the first index (0) wins, as in numpy/torch argmax,
+    # so z = 0,0,0,1 and the value equals the hand-computed case above.
+    logits = np.array([[2.0, 0.0], [3.0, 1.0], [0.5, 0.5], [0.0, 1.0]], np.float32)
+    expected = 0.5 * np.log(0.5 / 0.75) + 0.25 * np.log(0.25 / 0.75)
+    assert M.score("nce", logits=logits, labels=np.array([0, 0, 1, 1])) == pytest.approx(expected, rel=1e-9)
+
+
 def test_leep_by_hand():
     # Two samples, Cs = 2 one-hot-ish probabilities: P = [[1, 0], [0, 1]] -> Q = I, E_{i,y_i} = 1, LEEP = 0.
     logits = np.array([[50.0, -50.0], [-50.0, 50.0]], np.float32)

@@ -17,16 +17,28 @@ Implementation: the joint is a scatter-add into a static [C, Cs] table (Cs = log
 unused source columns are harmless). Precision policy: counts are exact integers; the entropy sum
 runs in float64 when available.
 
-Complexity: O(N·Cs) for the argmax, O(N + C·Cs) after that.
+Complexity: O(N·Cs) for the argmax, O(N + C·Cs) after that. On CPU the argmax over the logits
+dominates (the reference's 0.01 s at N=10⁴, Cs=10³ excludes it: its driver takes the argmax in torch);
+`nce_from_pseudo_labels` scores precomputed pseudo-labels.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mspider_jax.metrics import _linalg as L
 from mspider_jax.metrics._registry import MetricSpec, register
+
+
+def first_argmax(scores: jax.Array) -> jax.Array:
+    """Row-wise argmax of [N, Cs] -> [N] int32, the first index on ties (like numpy/torch).
+
+    `lax.top_k` with k = 1 (documented to put the lower index first among equal values) is about 2x
+    faster than `jnp.argmax` on XLA:CPU, whose variadic (value, index) reduction is not vectorised.
+    """
+    return lax.top_k(scores, 1)[1][:, 0]
 
 
 def nce_from_pseudo_labels(
@@ -52,10 +64,8 @@ def nce(
     """NCE of raw source logits [N, Cs] for labels [N] in 0..C-1 -> scalar <= 0."""
     del key  # deterministic
     logits = L.to_compute(logits)
-    if convention == "model_spider":
-        pseudo_labels = jnp.argmax(jax.nn.softmax(logits, axis=-1), axis=-1)
-    else:
-        pseudo_labels = jnp.argmax(logits, axis=-1)
+    scores = jax.nn.softmax(logits, axis=-1) if convention == "model_spider" else logits
+    pseudo_labels = first_argmax(scores)
     return nce_from_pseudo_labels(pseudo_labels, labels, num_classes, logits.shape[-1])
 
 
