@@ -47,10 +47,14 @@ def _smoke_config(zoo, **fields):
     return config
 
 
-@pytest.fixture(scope="module")
-def smoke_run(zoo, tmp_path_factory):
-    """The smoke run through the script (the process inherits the 4 fake devices)."""
-    workdir = tmp_path_factory.mktemp("smoke") / "workdir"
+@pytest.fixture(scope="module", autouse=True)
+def smoke_process(request, zoo, tmp_path_factory):
+    """Starts the smoke run through the script when this module starts (if the smoke test is
+    selected), so that it runs beside the in-process tests of the module (2 cores)."""
+    if not any(item.name == "test_smoke_run_end_to_end" for item in request.session.items):
+        yield None
+        return
+    directory = tmp_path_factory.mktemp("smoke")
     models = "(" + ",".join(repr(m) for m in zoo["models"].split(",")) + ")"
     overrides = {
         "data.models": models,
@@ -60,50 +64,21 @@ def smoke_run(zoo, tmp_path_factory):
         "data.targets.ground_truth": zoo["targets_ground_truth"],
     }
     command = [sys.executable, "scripts/train.py", "--config=configs/spider_minizoo.py:smoke",
-               f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
-    # LLVM optimisation level 0: a third less compile time, same results to float rounding.
+               f"--workdir={directory / 'workdir'}",
+               *(f"--config.{k}={v}" for k, v in overrides.items())]
+    # LLVM optimisation level 0: a third less compile time (the process inherits 4 fake devices).
     xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result.stderr
+    with open(directory / "log.txt", "w") as log:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    yield directory, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_smoke_run_end_to_end(smoke_run, zoo):
-    workdir, log = smoke_run
-    results = json.loads((workdir / "results.json").read_text())
-    rows = results["rows"]
-    assert "Model Spider (stage 1)" in rows and "Model Spider (stage 2, k=3)" in rows
-    assert "constant prior (training tasks)" in rows
-    assert any(name.startswith("Model Spider paper_compat (OPTIMISTIC") for name in rows)
-    assert any("chosen on validation" in name for name in rows)
-    assert results["tasks"] == ["target0", "target1", "target2"]
-    for row in rows.values():
-        tau = row["weighted_tau"]
-        assert -1.0 <= tau["low"] <= tau["mean"] <= tau["high"] <= 1.0
-    assert "latency_per_task" not in results  # smoke skips the timing (rank_task has its own tests)
-    assert "| Model Spider (stage 1) |" in (workdir / "results.md").read_text()
-    config = json.loads((workdir / "config.json").read_text())
-    # Resolved P_h: the largest class count of the training tasks.
-    assert config["model"]["specific_length"] == 9
-    records = _records(workdir)
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
-    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
-    assert [r["step"] for r in records if "val_weighted_tau" in r] == [2, 4]
-    assert "ETA" in log and "validation weighted tau" in log
-    # The validation tasks are held-out TRAINING tasks, never targets.
-    assert set(results["validation_tasks"]) <= {f"train{i}" for i in range(10)}
-    # Inference from the best checkpoint reproduces the stage-1 scores of the evaluation.
-    ranker, loaded = checkpointing.load_ranker(workdir)
-    assert loaded.model_names == list(zoo["models"].split(","))
-    targets = data_lib.taskset_from_bank(prototypes.load_prototype_bank(zoo["targets_bank"]),
-                                         loaded.model_names, np.zeros((3, 4)))
-    stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
-    np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
 
 
 def test_resume_after_a_kill_reaches_the_uninterrupted_result(zoo, tmp_path):
@@ -228,3 +203,42 @@ def test_paper_zoo_configs_match_the_published_tables():
         targets = data_lib.performance_from_csv(config.data.targets.ground_truth,
                                                 list(config.data.targets.tasks), config.data.models)
         assert not np.isnan(targets).any()
+
+
+def test_smoke_run_end_to_end(smoke_process, zoo):
+    """scripts/train.py --config=configs/spider_minizoo.py:smoke end to end (started by the fixture;
+    the last test of the module)."""
+    directory, process = smoke_process
+    process.wait(timeout=600)
+    log = (directory / "log.txt").read_text()
+    assert process.returncode == 0, log[-3000:]
+    workdir = directory / "workdir"
+    results = json.loads((workdir / "results.json").read_text())
+    rows = results["rows"]
+    assert "Model Spider (stage 1)" in rows and "Model Spider (stage 2, k=3)" in rows
+    assert "constant prior (training tasks)" in rows
+    assert any(name.startswith("Model Spider paper_compat (OPTIMISTIC") for name in rows)
+    assert any("chosen on validation" in name for name in rows)
+    assert results["tasks"] == ["target0", "target1", "target2"]
+    for row in rows.values():
+        tau = row["weighted_tau"]
+        assert -1.0 <= tau["low"] <= tau["mean"] <= tau["high"] <= 1.0
+    assert "latency_per_task" not in results  # smoke skips the timing (rank_task has its own tests)
+    assert "| Model Spider (stage 1) |" in (workdir / "results.md").read_text()
+    config = json.loads((workdir / "config.json").read_text())
+    # Resolved P_h: the largest class count of the training tasks.
+    assert config["model"]["specific_length"] == 9
+    records = _records(workdir)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert [r["step"] for r in records if "val_weighted_tau" in r] == [2, 4]
+    assert "ETA" in log and "validation weighted tau" in log
+    # The validation tasks are held-out TRAINING tasks, never targets.
+    assert set(results["validation_tasks"]) <= {f"train{i}" for i in range(10)}
+    # Inference from the best checkpoint reproduces the stage-1 scores of the evaluation.
+    ranker, loaded = checkpointing.load_ranker(workdir)
+    assert loaded.model_names == list(zoo["models"].split(","))
+    targets = data_lib.taskset_from_bank(prototypes.load_prototype_bank(zoo["targets_bank"]),
+                                         loaded.model_names, np.zeros((3, 4)))
+    stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
+    np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
