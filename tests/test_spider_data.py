@@ -75,6 +75,9 @@ def test_taskset_labels_and_availability():
     ([_task("t1", 3, {"a": 2}), _task("t2", 3, {"a": 4})], [[1, 2, 3], [1, 2, 3]], "differs"),
     ([_task("t1", 3)], [[1.0, 2.0]], "performance"),
     ([_task("t1", 3)], [[1.0, np.inf, 2.0]], "inf"),
+    ([TaskPrototypes("t1", np.full((2, 4), np.nan), np.ones(2))], [[1.0, 2.0, 3.0]], "NaN or inf"),
+    ([TaskPrototypes("t1", np.zeros((2, 4)), np.ones(2), {"a": np.full((2, 3), np.inf)})],
+     [[1.0, 2.0, 3.0]], "NaN or inf"),
 ])
 def test_taskset_rejects_inconsistent_inputs(tasks, performance, message):
     with pytest.raises(ValueError, match=message):

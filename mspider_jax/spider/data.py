@@ -85,6 +85,8 @@ class TaskSet:
             if task.generic.ndim != 2:
                 raise ValueError(f"task {task.name}: generic prototypes must be [C, Dg], got "
                                  f"{task.generic.shape}")
+            if not np.isfinite(task.generic).all():
+                raise ValueError(f"task {task.name}: generic prototypes contain NaN or inf")
             if task.generic.shape[1] != self.tasks[0].generic.shape[1]:
                 raise ValueError(
                     f"task {task.name}: generic dim {task.generic.shape[1]} differs from "
@@ -97,6 +99,9 @@ class TaskSet:
                     raise ValueError(
                         f"task {task.name}, model {model}: prototypes {protos.shape} for "
                         f"{task.num_classes} classes")
+                if not np.isfinite(protos).all():
+                    raise ValueError(
+                        f"task {task.name}, model {model}: prototypes contain NaN or inf")
                 if dims.setdefault(model, protos.shape[1]) != protos.shape[1]:
                     raise ValueError(
                         f"model {model}: feature dim {protos.shape[1]} in task {task.name} "
