@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "minizoo"
     config.seed = arg.seed
-    config.threads = 2
+    config.threads = 2  # torch threads of the build process (pretraining, features)
+    config.finetune_workers = 2  # fine-tuning processes, one thread each
     config.architectures = ("resnet", "densenet", "shufflenet", "mobilenet")
     # Pretraining sources: domain -> images per class (~8000 images each); 10% is the source test split.
     config.sources = ml_collections.ConfigDict(dict(
@@ -35,8 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.generic = ml_collections.ConfigDict(dict(architecture="resnet", schedule=_schedule(3, 0.05)))
     # Targets: domain -> images per class (digits always has its 1797 images); at most
     # target_train_size images train the fine-tunes, the rest (>= 500) are the test split.
+    # (Cyrillic was tried first: like Greek and handwriting it went to resnet_latin, which then won half
+    # of the targets; Gurmukhi, related to the Devanagari source, replaced it.)
     config.targets = ml_collections.ConfigDict(dict(
-        digits=1, greek=67, cyrillic=50, handwriting=62, emoji=320, patches=160, fmnist_coarse=400,
+        digits=1, greek=67, gurmukhi=49, handwriting=62, emoji=320, patches=160, fmnist_coarse=400,
         orientation=200))
     config.target_test_fraction = 0.375
     config.target_train_size = 1000
@@ -62,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.generic = ml_collections.ConfigDict(dict(architecture="resnet", schedule=_schedule(1, 0.05)))
         config.targets = ml_collections.ConfigDict(dict(orientation=20))
         config.target_test_fraction = 0.5
-        config.target_train_size = 1000
+        config.target_train_size = 60  # < 80: the surplus goes to the test split (as for digits)
         config.finetune = _schedule(epochs=1, learning_rate=0.02)
         config.finetune_seeds = 2
         config.tasks.num_tasks = 1

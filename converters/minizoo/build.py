@@ -30,12 +30,13 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -85,19 +86,27 @@ def sha256_of(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (worker processes)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def config_to_dict(config) -> dict:
     """A ConfigDict (or dict) as plain JSON-able Python (tuples become lists)."""
     return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
                                  default=list))
 
 
-def _progress(items: Sequence, desc: str):
+def _progress(items: Iterable, desc: str, total: int | None = None):
     from tqdm.auto import tqdm
 
     # A log file (nohup) gets a line every ~30 s; a terminal gets the usual live bar.
     interval = 0.5 if sys.stderr.isatty() else 30.0
-    return tqdm(items, desc=desc, mininterval=interval, maxinterval=interval * 4, smoothing=0.05,
-                dynamic_ncols=True)
+    return tqdm(items, desc=desc, total=total, mininterval=interval, maxinterval=interval * 4,
+                smoothing=0.05, dynamic_ncols=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +140,13 @@ class Builder:
     """Runs the stages of one mini-zoo build in `workdir` and writes the artifact to `output`."""
 
     def __init__(self, config, workdir: str | os.PathLike, output: str | os.PathLike,
-                 allow_config_change: bool = False):
+                 allow_config_change: bool = False, check_config: bool = True):
         self.config = config
         self.workdir = pathlib.Path(workdir)
         self.output = pathlib.Path(output)
         self.models = zoo_models(config)
-        self._check_config(allow_config_change)
+        if check_config:
+            self._check_config(allow_config_change)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -186,12 +196,12 @@ class Builder:
         for stage in STAGES:
             if stage not in stages:
                 continue
-            start, cpu_start = time.time(), time.process_time()
+            start, cpu_start = time.time(), cpu_seconds()
             log.info("=== stage %s ===", stage)
             try:
                 getattr(self, f"stage_{stage}")()
             finally:  # an interrupted stage's time counts too (its finished items are kept)
-                elapsed, cpu = time.time() - start, time.process_time() - cpu_start
+                elapsed, cpu = time.time() - start, cpu_seconds() - cpu_start
                 self._add_time(stage, elapsed, cpu)
             log.info("=== stage %s done in %.0f s (CPU %.0f s) ===", stage, elapsed, cpu)
         return self.output
@@ -241,9 +251,10 @@ class Builder:
             full = datasets.build_domain(name, config.targets[name], self.seed("target", name))
             train, test = full.split(config.target_test_fraction, self.seed("target_split", name))
             if len(train) > config.target_train_size:  # extra images go to the test split
-                test = datasets.concatenate([test, train.take(np.arange(config.target_train_size,
-                                                                        len(train)))])
-                test.class_names = train.class_names
+                extra = train.take(np.arange(config.target_train_size, len(train)))
+                test = datasets.ImageSet(np.concatenate([test.images, extra.images]),
+                                         np.concatenate([test.labels, extra.labels]),
+                                         test.class_names, test.grayscale)
                 train = train.take(np.arange(config.target_train_size))
             self._save_set("targets", f"{name}_train", train)
             self._save_set("targets", f"{name}_test", test)
@@ -451,45 +462,70 @@ class Builder:
     def _finetune_path(self, dataset: str, model: str, seed: int) -> pathlib.Path:
         return self.workdir / "finetune" / dataset / f"{model}_seed{seed}.json"
 
-    def _finetune_items(self, datasets: Sequence[tuple[str, Callable]], seeds: int, schedule) -> None:
+    def load_splits(self, dataset: str):
+        """(train, test) ImageSets of a store dataset name (mz_<target> or mz_task<k>)."""
+        if dataset.startswith(TASK_PREFIX):
+            return self.load_task(dataset)
+        target = dataset[len(TARGET_PREFIX):]
+        return self.load_set("targets", f"{target}_train"), self.load_set("targets", f"{target}_test")
+
+    def finetune_one(self, dataset: str, model_name: str, seed: int, schedule: dict,
+                     cache: dict[str, Any]) -> None:
+        """Fine-tunes one PTM on one dataset with one seed and writes the accuracy (one item).
+
+        `cache` keeps the current dataset and the loaded PTM states between calls (items come grouped
+        by dataset)."""
         from converters.minizoo import train
 
-        config = train.TrainConfig(**config_to_dict(schedule))
+        if cache.get("dataset") != dataset:
+            cache.clear()
+            cache.update(dataset=dataset, data=self.load_splits(dataset))
+        if model_name not in cache:
+            info = self.model_info(model_name)
+            with np.load(self._model_path(model_name)) as arrays:
+                state = train.load_float16_state(info["arch"], info["num_classes"],
+                                                 dict(arrays)).state_dict()
+            cache[model_name] = (info, state)
+        info, state = cache[model_name]
+        train_set, test_set = cache["data"]
+        start = time.time()
+        accuracy = train.finetune(info["arch"], state, info["num_classes"], train_set.images,
+                                  train_set.labels, test_set.images, test_set.labels,
+                                  train.TrainConfig(**schedule),
+                                  self.seed("finetune", dataset, model_name, seed))
+        atomic_write_json(self._finetune_path(dataset, model_name, seed),
+                          dict(accuracy=round(accuracy, 3), seconds=round(time.time() - start, 2)))
+
+    def _finetune_items(self, datasets: Sequence[str], seeds: int, schedule) -> None:
+        schedule = config_to_dict(schedule)
         # Seed-major: after the first pass every dataset has one complete ranking.
-        items = [(d, loader, m, s) for s in range(seeds) for d, loader in datasets
-                 for m in self.model_names(False)]
-        cache: dict[str, Any] = {}
-
-        def work(item):
-            dataset, loader, model_name, seed = item
-            if cache.get("dataset") != dataset:  # items are grouped by dataset
-                cache.clear()
-                cache.update(dataset=dataset, data=loader())
-            if model_name not in cache:
-                info = self.model_info(model_name)
-                with np.load(self._model_path(model_name)) as arrays:
-                    state = train.load_float16_state(info["arch"], info["num_classes"],
-                                                     dict(arrays)).state_dict()
-                cache[model_name] = (info, state)
-            info, state = cache[model_name]
-            (tr, te) = cache["data"]
-            start = time.time()
-            accuracy = train.finetune(info["arch"], state, info["num_classes"], tr.images, tr.labels,
-                                      te.images, te.labels, config,
-                                      self.seed("finetune", dataset, model_name, seed))
-            atomic_write_json(self._finetune_path(dataset, model_name, seed),
-                              dict(accuracy=round(accuracy, 3), seconds=round(time.time() - start, 2)))
-
-        self._items("finetune", items, lambda it: self._finetune_path(it[0], it[2], it[3]).exists(), work)
+        items = [(d, m, s) for s in range(seeds) for d in datasets for m in self.model_names(False)]
+        todo = [item for item in items if not self._finetune_path(*item).exists()]
+        workers = self.config.finetune_workers
+        log.info("finetune: %d items, %d already done, %d to do (%d worker process(es))", len(items),
+                 len(items) - len(todo), len(todo), workers)
+        if workers <= 1:
+            cache: dict[str, Any] = {}
+            for item in _progress(todo, "finetune"):
+                self.finetune_one(*item, schedule, cache)
+            return
+        # Independent single-threaded workers keep both cores busy; one process with two threads
+        # idles one of them during the Python parts of these small trainings.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_init_finetune_worker,
+                          initargs=(self.config, str(self.workdir), str(self.output))) as pool:
+            jobs = pool.imap_unordered(_finetune_worker_item, [(*item, schedule) for item in todo],
+                                       chunksize=8)
+            for _ in _progress(jobs, "finetune", total=len(todo)):
+                pass
 
     def stage_finetune_targets(self) -> None:
-        targets = [(d, loader) for d, loader in self.datasets_and_splits()
-                   if not d.startswith(TASK_PREFIX)]
-        self._finetune_items(targets, self.config.finetune_seeds, self.config.finetune)
+        self._finetune_items([target_dataset(t) for t in self.config.targets],
+                             self.config.finetune_seeds, self.config.finetune)
 
     def stage_finetune_tasks(self) -> None:
-        tasks = [(d, loader) for d, loader in self.datasets_and_splits() if d.startswith(TASK_PREFIX)]
-        self._finetune_items(tasks, self.config.tasks.seeds, self.config.tasks.finetune)
+        self._finetune_items([spec["name"] for spec in self.task_specs()], self.config.tasks.seeds,
+                             self.config.tasks.finetune)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -539,6 +575,24 @@ class Builder:
         from converters.minizoo import package
 
         package.write_artifact(self)
+
+
+# Fine-tuning worker processes (module level so that "spawn" can import them).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_finetune_worker(config, workdir: str, output: str) -> None:
+    from converters.minizoo import train
+
+    train.configure_torch(threads=1)
+    _WORKER["builder"] = Builder(config, workdir, output, check_config=False)
+    _WORKER["cache"] = {}
+
+
+def _finetune_worker_item(item: tuple) -> tuple:
+    dataset, model_name, seed, schedule = item
+    _WORKER["builder"].finetune_one(dataset, model_name, seed, schedule, _WORKER["cache"])
+    return item
 
 
 # The input convention of every mini-zoo model (also recorded in the store and the manifest).

@@ -236,9 +236,11 @@ def _noto(*families: str) -> tuple[str, ...]:
     return tuple(f"truetype/noto/{family}-*.ttf" for family in families)
 
 
-# name -> (characters, font patterns). Scripts used by targets (Latin, Greek, Cyrillic) are not here:
-# the remaining scripts feed the ranker's training tasks, Devanagari is also a pretraining source.
+# name -> (characters, font patterns). Devanagari is a pretraining source (and a training-task domain),
+# Gurmukhi (a script related to Devanagari) a target; the others feed the ranker's training tasks.
 SCRIPTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "gurmukhi": (char_range(0x0A15, 0x0A39, skip=(0x0A29, 0x0A31, 0x0A34, 0x0A37)),
+                 _noto("NotoSansGurmukhi", "NotoSerifGurmukhi")),
     "devanagari": (char_range(0x0905, 0x0939, skip=(0x090D, 0x090E, 0x0911, 0x0912, 0x0929, 0x0931,
                                                     0x0934)),
                    _noto("NotoSansDevanagari", "NotoSerifDevanagari") + ("truetype/freefont/*.ttf",)),

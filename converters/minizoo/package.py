@@ -21,7 +21,6 @@ import json
 import pathlib
 import platform
 import shutil
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +39,7 @@ TARGET_DESCRIPTIONS = {
     "digits": "scikit-learn's real handwritten digits (8x8, upsampled)",
     "greek": "24 lower-case Greek letters, print fonts",
     "cyrillic": "32 upper-case Cyrillic letters, print fonts",
+    "gurmukhi": "33 Gurmukhi letters, Noto fonts (a script related to the Devanagari source)",
     "handwriting": "26 Latin letters in handwriting fonts (no handwriting font is in a source)",
     "emoji": "5 emoji categories (Noto Color Emoji) on random backgrounds",
     "patches": "which grayscale photo/texture photo a patch comes from (none used by a source)",
@@ -149,8 +149,8 @@ def write_artifact(builder: Builder) -> pathlib.Path:
         build=dict(finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    stage_seconds=wall, total_seconds=round(sum(wall.values()), 1),
                    stage_cpu_seconds=cpu, total_cpu_seconds=round(sum(cpu.values()), 1),
-                   # CPU seconds of the process that ran this package stage, since it started.
-                   process_cpu_seconds=round(time.process_time(), 1),
+                   # CPU seconds of the process that ran this package stage (and its workers).
+                   process_cpu_seconds=round(build_lib.cpu_seconds(), 1),
                    threads=config.threads),
         summary=summary)
     (staging / "README.md").write_text(render_readme(manifest))

@@ -171,7 +171,7 @@ def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     scale = train_features.std(0) + 1e-6
     x = torch.from_numpy((train_features - mean) / scale).double()
     x_test = torch.from_numpy((test_features - mean) / scale).double()
-    y = torch.from_numpy(np.asarray(train_labels, np.int64))
+    y = torch.from_numpy(np.array(train_labels, np.int64))  # a writable copy
     num_classes = int(max(np.max(train_labels), np.max(test_labels))) + 1
     weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
