@@ -8,7 +8,6 @@ GaussianMixture, L-BFGS-B, exact assignment), on tiny inputs.
 
 from __future__ import annotations
 
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ import scipy.special
 
 from mspider_jax import metrics
 from mspider_jax.metrics import _linalg as L
-from mspider_jax.metrics import _pca, etran, gbc, ncti, ped, sfda
+from mspider_jax.metrics import _pca, ncti, ped, sfda
 
 
 def _task(rng: np.random.Generator, n: int = 120, d: int = 12, c: int = 4, sep: float = 1.0, offset: float = 0.0):
@@ -201,23 +200,33 @@ def sk_ncti_components(x: np.ndarray, labels: np.ndarray, variances: np.ndarray)
 
 
 # ------------------------------------------------------------------------------------------------
+# Shared inputs. Tests reuse these shapes so that each metric compiles once or twice for the whole
+# file (compilation dominates the run time of these tiny problems).
+
+FEATURES, LABELS = _task(np.random.default_rng(11), n=200, d=12, c=4, sep=0.6)
+FAR_FEATURES, FAR_LABELS = _task(np.random.default_rng(12), n=200, d=12, c=4, sep=50.0)
+SOURCE = np.random.default_rng(13).normal(size=(40, 12)) * 1.5 + 0.3
+SOURCE_LABELS = np.arange(40) % 5
+WIDE, WIDE_LABELS = _task(np.random.default_rng(14), n=200, d=70, c=5, sep=0.5)  # PCA-64 metrics
+PROJECTION, _ = np_pca_components(FEATURES, 6)
+
+
+# ------------------------------------------------------------------------------------------------
 # SFDA
 
 
-def test_sfda_matches_reference_float64(rng):
-    features, labels = _task(rng, n=150, d=10, c=4)
-    expected = np_sfda(features, labels)
-    got = metrics.score("sfda", features=features, labels=labels)
+def test_sfda_matches_reference_float64():
+    expected = np_sfda(FEATURES, LABELS)
+    got = metrics.score("sfda", features=FEATURES, labels=LABELS)
     assert 0 < got <= 1
     assert _rel(got, expected) < 1e-8
 
 
-def test_sfda_float32_default_call_and_offset(rng):
+def test_sfda_float32_default_call_with_offset():
     # ReLU-like offset features in float32: class-centring keeps the float32 Gram accurate.
-    features, labels = _task(rng, n=200, d=16, c=5, offset=20.0)
-    f32 = features.astype(np.float32)
-    expected = np_sfda(f32, labels, round_to=np.float32)
-    assert _rel(metrics.score("sfda", features=f32, labels=labels), expected) < 1e-4
+    f32 = (FEATURES + 20.0).astype(np.float32)
+    expected = np_sfda(f32, LABELS, round_to=np.float32)
+    assert _rel(metrics.score("sfda", features=f32, labels=LABELS), expected) < 1e-4
 
 
 def test_sfda_power_iteration_is_three_steps(rng):
@@ -237,32 +246,27 @@ def test_sfda_power_iteration_is_three_steps(rng):
 # PED
 
 
-def test_ped_matches_reference(rng):
-    features, labels = _task(rng, n=120, d=8, c=4, sep=0.6)
-    source = rng.normal(size=(50, 8)) * 1.5 + 0.3
-    expected = np_ped(features, source, labels)
-    got = metrics.score("ped", features=features, source_features=source, labels=labels)
+def test_ped_matches_reference():
+    expected = np_ped(FEATURES, SOURCE, LABELS)
+    got = metrics.score("ped", features=FEATURES, source_features=SOURCE, labels=LABELS)
     assert _rel(got, expected) < 1e-8
     # The repulsion really moved the classes: PED differs from SFDA on the raw features.
-    assert abs(got - np_sfda(features, labels)) > 1e-6
+    assert abs(got - np_sfda(FEATURES, LABELS)) > 1e-6
 
 
-def test_ped_no_overlap_keeps_features(rng):
+def test_ped_no_overlap_keeps_features():
     # Far-apart classes: no overlap, first == 0, every later step rejected -> PED == SFDA.
-    features, labels = _task(rng, n=80, d=6, c=3, sep=50.0)
-    source = rng.normal(size=(30, 6))
-    got = metrics.score("ped", features=features, source_features=source, labels=labels)
-    assert _rel(got, np_sfda(features, labels)) < 1e-8
+    got = metrics.score("ped", features=FAR_FEATURES, source_features=SOURCE, labels=FAR_LABELS)
+    assert _rel(got, np_sfda(FAR_FEATURES, FAR_LABELS)) < 1e-8
 
 
 def test_ped_loop_stops_on_ratio(rng):
-    # Strongly overlapping classes: moves shrink step after step; compare the accepted count with
-    # the literal loop of the reference.
+    # Overlapping classes whose moves shrink step after step: compare the accepted count and the total
+    # move with the literal loop of the reference.
     c, d = 3, 4
     centres = rng.normal(size=(c, d)) * 0.1
-    radii = np.ones(c)
     with L.precision_scope():
-        total, accepted = ped.ped_moved_centres(jnp.asarray(centres), jnp.asarray(radii), exit_ratio=0.97)
+        total, accepted = ped.ped_moved_centres(jnp.asarray(centres), jnp.ones(c), exit_ratio=0.97)
     moves_ref, first, count = np.zeros_like(centres), None, 0
     cur = centres.copy()
     for step in range(6):
@@ -285,43 +289,33 @@ def test_ped_loop_stops_on_ratio(rng):
     np.testing.assert_allclose(np.asarray(total), moves_ref, rtol=1e-12, atol=1e-15)
 
 
-def test_ped_requires_source_features(rng):
-    features, labels = _task(rng)
+def test_ped_requires_source_features():
     with pytest.raises(ValueError, match="source_features"):
-        metrics.score("ped", features=features, labels=labels)
+        metrics.score("ped", features=FEATURES, labels=LABELS)
     with pytest.raises(ValueError, match="D="):
-        metrics.score("ped", features=features, source_features=rng.normal(size=(10, 3)), labels=labels)
+        metrics.score("ped", features=FEATURES, source_features=SOURCE[:, :3], labels=LABELS)
 
 
 # ------------------------------------------------------------------------------------------------
 # ETran
 
 
-def test_etran_components_match_reference(rng):
-    features, labels = _task(rng, n=400, d=10, c=4)
-    expected = np_etran_components(features, labels)
-    got = metrics.score_components("etran", features=features, labels=labels)
-    np.testing.assert_allclose(got, expected, rtol=1e-9)
-
-
-def test_etran_zoo_combination(rng):
-    features, labels = _task(rng, n=400, d=10, c=4)
-    zoo = [features, features * 0.5 + rng.normal(size=features.shape), features[:, ::-1] * 2.0]
-    comps = np.stack([np_etran_components(f, labels) for f in zoo])
+def test_etran_components_and_zoo_combination(rng):
+    np.testing.assert_allclose(metrics.score_components("etran", features=FEATURES, labels=LABELS), np_etran_components(FEATURES, LABELS), rtol=1e-9)
+    zoo = [FEATURES, FEATURES * 0.5 + rng.normal(size=FEATURES.shape), FEATURES[:, ::-1] * 2.0]
+    comps = np.stack([np_etran_components(f, LABELS) for f in zoo])
     mm = (comps - comps.min(0)) / (comps.max(0) - comps.min(0))
     expected = 0.15 * mm[:, 0] + 0.85 * mm[:, 1]
-    np.testing.assert_allclose(metrics.score_zoo("etran", features=zoo, labels=labels), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(metrics.score_zoo("etran", features=zoo, labels=LABELS), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_etran_errors(rng):
-    features, labels = _task(rng, n=150)
+def test_etran_errors():
     with pytest.raises(ValueError, match="at least 200 samples"):
-        metrics.score_zoo("etran", features=[features, features], labels=labels)
-    features, labels = _task(rng, n=400)
+        metrics.score_zoo("etran", features=[FEATURES[:150], FEATURES[:150]], labels=LABELS[:150])
     with pytest.raises(ValueError, match="only defined relative to a zoo"):
-        metrics.score("etran", features=features, labels=labels)
+        metrics.score("etran", features=FEATURES, labels=LABELS)
     with pytest.raises(ValueError, match="at least 2 models"):
-        metrics.score_zoo("etran", features=[features], labels=labels)
+        metrics.score_zoo("etran", features=[FEATURES], labels=LABELS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,101 +323,89 @@ def test_etran_errors(rng):
 
 
 @pytest.mark.parametrize("gaussian_type", ["spherical", "diagonal"])
-def test_gbc_paper_with_injected_projection(rng, gaussian_type):
-    features, labels = _task(rng, n=150, d=12, c=4, sep=0.5)
-    components, _ = np_pca_components(features, 6)
-    x = (features - features.mean(0)) @ components
-    expected = np_gbc_paper(x, labels, gaussian_type)
-    got = metrics.score("gbc", features=features, labels=labels, projection=components, gaussian_type=gaussian_type)
-    assert _rel(got, expected) < 1e-9
+def test_gbc_paper_with_injected_projection(gaussian_type):
+    x = (FEATURES - FEATURES.mean(0)) @ PROJECTION
+    got = metrics.score("gbc", features=FEATURES, labels=LABELS, projection=PROJECTION, gaussian_type=gaussian_type)
+    assert _rel(got, np_gbc_paper(x, LABELS, gaussian_type)) < 1e-9
 
 
-def test_gbc_model_spider_with_injected_projection(rng):
-    features, labels = _task(rng, n=160, d=10, c=4, sep=0.3)
-    components, _ = np_pca_components(features, 5)
-    x = (features - features.mean(0)) @ components
-    expected = np_gbc_model_spider(x, labels)
+def test_gbc_model_spider_with_injected_projection():
+    x = (FEATURES - FEATURES.mean(0)) @ PROJECTION
+    expected = np_gbc_model_spider(x, LABELS)
     assert expected < -1e-3  # non-trivial: the coefficients did not all underflow
-    got = metrics.score("gbc", features=features, labels=labels, projection=components, convention="model_spider")
+    got = metrics.score("gbc", features=FEATURES, labels=LABELS, projection=PROJECTION, convention="model_spider")
     assert _rel(got, expected) < 1e-9
 
 
-def test_gbc_exact_pca_solvers_agree(rng):
-    features, labels = _task(rng, n=300, d=96, c=5, sep=0.3)
-    components, _ = np_pca_components(features, 64)
-    expected = np_gbc_paper((features - features.mean(0)) @ components, labels, "spherical")
+def test_gbc_exact_pca_solvers_agree():
+    components, _ = np_pca_components(WIDE, 64)
+    expected = np_gbc_paper((WIDE - WIDE.mean(0)) @ components, WIDE_LABELS, "spherical")
     for solver in ("subspace", "eigh"):
-        got = metrics.score("gbc", features=features, labels=labels, pca_solver=solver)
+        got = metrics.score("gbc", features=WIDE, labels=WIDE_LABELS, pca_solver=solver)
         assert _rel(got, expected) < 1e-6, solver
 
 
-def test_gbc_errors(rng):
-    features, labels = _task(rng, n=100, d=40, c=4)
+def test_gbc_errors():
     with pytest.raises(ValueError, match="needs N and D >= 64"):
-        metrics.score("gbc", features=features, labels=labels)
-    labels = labels.copy()
+        metrics.score("gbc", features=FEATURES, labels=LABELS)
+    labels = LABELS.copy()
     labels[0] = 9  # a class with a single sample
     with pytest.raises(ValueError, match="fewer than 2 samples"), pytest.warns(UserWarning, match="remapped"):
-        metrics.score("gbc", features=features, labels=labels, num_components=8)
+        metrics.score("gbc", features=FEATURES, labels=labels, projection=PROJECTION)
 
 
 # ------------------------------------------------------------------------------------------------
 # NCTI
 
 
-@pytest.mark.parametrize("scale", [0.3, 3.0])  # small variance: eigen solver; large: svd solver
-def test_ncti_components_match_sklearn(rng, scale):
-    features, labels = _task(rng, n=200, d=20, c=5, sep=0.7)
-    features = features * scale
-    components, variances = np_pca_components(features, 16)
-    x = (features - features.mean(0)) @ components
-    tau = np.exp(-variances[:32].sum())
-    assert (tau > 1e-10) == (scale < 1.0)  # both LDA paths are exercised
-    expected = sk_ncti_components(x, labels, variances)
-    got = metrics.score_components("ncti", features=features, labels=labels, projection=components, num_components=16)
-    np.testing.assert_allclose(got, expected, rtol=1e-7)
+def test_ncti_components_match_sklearn_both_lda_paths():
+    components, variances = np_pca_components(WIDE, 16)
+    for scale, svd_path in ((0.3, False), (3.0, True)):  # small variance: eigen solver; large: svd
+        features = WIDE * scale
+        x = (features - features.mean(0)) @ components
+        assert (np.exp(-(variances * scale**2)[:32].sum()) < 1e-10) == svd_path
+        expected = sk_ncti_components(x, WIDE_LABELS, variances * scale**2)
+        got = metrics.score_components("ncti", features=features, labels=WIDE_LABELS, projection=components, num_components=16)
+        np.testing.assert_allclose(got, expected, rtol=1e-7)
 
 
-def test_ncti_default_pca_and_zoo(rng):
-    features, labels = _task(rng, n=300, d=80, c=4, sep=0.5)
-    zoo = [features, features + rng.normal(size=features.shape) * 2.0]
-    exact = []
-    for f in zoo:
-        components, variances = np_pca_components(f, 64)
-        exact.append(sk_ncti_components((f - f.mean(0)) @ components, labels, variances))
-    exact = np.stack(exact)
-    got_components = np.stack([metrics.score_components("ncti", features=f, labels=labels) for f in zoo])
+def test_ncti_default_randomized_pca_is_close_to_exact():
+    components, variances = np_pca_components(WIDE, 64)
+    exact = sk_ncti_components((WIDE - WIDE.mean(0)) @ components, WIDE_LABELS, variances)
     # The default randomized PCA is close to the exact one (the reference's own spread is ~0.3 %).
-    np.testing.assert_allclose(got_components, exact, rtol=3e-3)
-    mm = (exact - exact.min(0)) / (exact.max(0) - exact.min(0))
-    expected = mm[:, 0] + mm[:, 1] - mm[:, 2]
-    np.testing.assert_allclose(metrics.score_zoo("ncti", features=zoo, labels=labels, pca_solver="eigh"), expected, atol=1e-9)
+    np.testing.assert_allclose(metrics.score_components("ncti", features=WIDE, labels=WIDE_LABELS), exact, rtol=3e-3)
+
+
+def test_ncti_zoo_combination(rng):
+    components = rng.normal(size=(4, 3))
+    mm = (components - components.min(0)) / (components.max(0) - components.min(0))
+    np.testing.assert_allclose(ncti.combine_ncti(components), mm[:, 0] + mm[:, 1] - mm[:, 2], rtol=1e-12)
+    tied = components.copy()
+    tied[:, 1] = 2.0  # a component equal for every model carries no ranking information
+    np.testing.assert_allclose(ncti.combine_ncti(tied), mm[:, 0] - mm[:, 2], rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
 # PCA helper
 
 
-@pytest.mark.parametrize("solver", ["subspace", "randomized", "eigh"])
-def test_top_pca_solvers(rng, solver):
-    # A decaying spectrum without a gap at k (the hard case for iterative solvers).
-    n, d, k = 400, 160, 24
-    spectrum = 1.0 / np.sqrt(1.0 + np.arange(d) / 4.0)
-    x = (rng.normal(size=(n, d)) * spectrum) @ np.linalg.qr(rng.normal(size=(d, d)))[0] + 3.0
-    components, variances = np_pca_components(x, k)
+@pytest.mark.parametrize("solver", ["subspace", "randomized"])
+def test_top_pca_iterative_solvers(solver):
+    # WIDE has a decaying spectrum without a gap at k (the hard case for iterative solvers).
+    k = 24
+    components, variances = np_pca_components(WIDE, k)
     with L.precision_scope():
-        projected, got_var, got_comp = jax.jit(lambda a: _pca.top_pca(a, k, solver=solver, num_iterations=4))(jnp.asarray(x))
+        projected, got_var, got_comp = jax.jit(lambda a: _pca.top_pca(a, k, solver=solver, num_iterations=4))(jnp.asarray(WIDE))
     tol = 1e-3 if solver == "randomized" else 1e-9
     np.testing.assert_allclose(np.asarray(got_var), variances, rtol=tol)
     overlap = np.linalg.svd(components.T @ np.asarray(got_comp), compute_uv=False)
     assert overlap.min() > 1 - (1e-2 if solver == "randomized" else 1e-8)
-    np.testing.assert_allclose(np.asarray(projected), (x - x.mean(0)) @ np.asarray(got_comp), atol=1e-9)
+    np.testing.assert_allclose(np.asarray(projected), (WIDE - WIDE.mean(0)) @ np.asarray(got_comp), atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
 # N-LEEP: (a) LEEP on responsibilities, (b) EM and k-means from identical starts vs scikit-learn,
 # (c) the end-to-end score statistically over seeds.
-
 
 def _nleep_task(rng):
     n, d, c = 240, 16, 3
@@ -452,112 +434,6 @@ def _sklearn_start(x: np.ndarray, labels: np.ndarray, k: int, covariance_type: s
     return resp, dict(weights_init=nk / nk.sum(), means_init=means, precisions_init=precisions)
 
 
-def test_nleep_leep_on_responsibilities(rng):
-    from sklearn.mixture import GaussianMixture
-
-    from mspider_jax.metrics import leep as leep_lib
-
-    features, labels = _nleep_task(rng)
-    resp = GaussianMixture(9, random_state=0).fit(features).predict_proba(features)
-    with L.precision_scope():
-        paper = float(leep_lib.leep_from_probabilities(jnp.asarray(resp), jnp.asarray(labels), 3, "paper"))
-        spider = float(leep_lib.leep_from_probabilities(jnp.asarray(resp), jnp.asarray(labels), 3, "model_spider"))
-    assert _rel(paper, np_leep(resp, labels)) < 1e-12
-    assert _rel(spider, np_leep(resp, labels, eps=1e-10)) < 1e-12
-
-
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_gmm_em_matches_sklearn_from_identical_start(rng, covariance_type):
-    from sklearn.cluster import KMeans
-    from sklearn.mixture import GaussianMixture
-
-    from mspider_jax.metrics import _gmm
-
-    features, _ = _nleep_task(rng)
-    k = 8
-    start_labels = KMeans(k, n_init=1, random_state=0).fit(features).labels_
-    resp0, init = _sklearn_start(features, start_labels, k, covariance_type)
-    reference = GaussianMixture(k, covariance_type=covariance_type, random_state=0, **init).fit(features)
-    with L.precision_scope():
-        fit = jax.jit(lambda x, r: _gmm.fit_gmm(x, r, covariance_type=covariance_type))
-        params, info = fit(jnp.asarray(features), jnp.asarray(resp0))
-        resp = np.asarray(_gmm.responsibilities(jnp.asarray(features), params))
-    assert int(info.num_iterations) == reference.n_iter_ > 2
-    assert _rel(float(info.lower_bound), reference.lower_bound_) < 1e-9
-    np.testing.assert_allclose(resp, reference.predict_proba(features), atol=1e-8)
-    np.testing.assert_allclose(np.asarray(params.means), reference.means_, rtol=1e-8, atol=1e-10)
-
-
-def test_kmeans_matches_sklearn_from_identical_centres(rng):
-    from sklearn.cluster import KMeans
-
-    from mspider_jax.metrics import _gmm
-
-    features, _ = _nleep_task(rng)
-    centres = features[:6]
-    reference = KMeans(6, init=centres, n_init=1).fit(features)
-    with L.precision_scope():
-        labels, got = jax.jit(_gmm.kmeans)(jnp.asarray(features), jnp.asarray(centres))
-    np.testing.assert_array_equal(np.asarray(labels), reference.labels_)
-    np.testing.assert_allclose(np.asarray(got), reference.cluster_centers_, rtol=1e-10)
-    with L.precision_scope():  # k-means++ picks K distinct data points
-        seeds = np.asarray(jax.jit(lambda x, k: _gmm.kmeans_plus_plus(x, 6, k))(jnp.asarray(features), jax.random.key(1)))
-    assert len({tuple(r) for r in seeds}) == 6 and all((features == r).all(1).any() for r in seeds)
-
-
-def test_nleep_pca_rule_and_component_counts(rng):
-    from sklearn.decomposition import PCA
-
-    from mspider_jax.metrics import nleep
-
-    features, _ = _nleep_task(rng)
-    variance = PCA().fit(features).explained_variance_
-    assert nleep.kept_components(variance, 0.8) == PCA(0.8).fit(features).n_components_
-    assert nleep.num_mixture_components("paper", 10_000, 100) == 500
-    assert nleep.num_mixture_components("model_spider", 10_000, 100) == 1000
-    assert nleep.num_mixture_components("model_spider", 300, 100) == 60  # min(C, 0.2N) wins when N < 10C
-
-
-def test_nleep_end_to_end_within_sklearn_band(rng):
-    from sklearn.decomposition import PCA
-    from sklearn.mixture import GaussianMixture
-
-    features, labels = _nleep_task(rng)
-    reference = []
-    for seed in range(6):
-        x = PCA(0.8).fit_transform(features)
-        resp = GaussianMixture(15, random_state=seed).fit(x).predict_proba(x)
-        reference.append(np_leep(resp, labels))
-    ours = [metrics.score("nleep", features=features, labels=labels, key=jax.random.key(seed)) for seed in range(6)]
-    spread = np.sqrt(np.var(reference) / 6 + np.var(ours) / 6)
-    assert abs(np.mean(ours) - np.mean(reference)) < 3 * spread + 1e-3
-    assert np.std(ours) > 0  # the key matters (k-means++ seeding) ...
-    assert ours[2] == metrics.score("nleep", features=features, labels=labels, key=jax.random.key(2))  # ... deterministically
-
-
-def test_nleep_core_jit_vmap_and_errors(rng):
-    from mspider_jax.metrics import nleep
-
-    features, labels = _nleep_task(rng)
-    with L.precision_scope():
-        x = nleep.pca_to_variance_ratio(jnp.asarray(features))
-        core = lambda p: nleep.nleep_from_projection(p, jnp.asarray(labels), jax.random.key(0), num_classes=3, num_components=6)  # noqa: E731
-        jitted = float(core(x))
-        with jax.disable_jit():
-            eager = float(core(x))
-        batched = np.asarray(jax.vmap(core)(jnp.stack([x, 2.0 * x])))
-        looped = [jitted, float(core(2.0 * x))]
-    assert _rel(eager, jitted) < 1e-9
-    np.testing.assert_allclose(batched, looped, rtol=1e-9)
-    with pytest.raises(ValueError, match="K=300 components needs N >= K"):
-        metrics.score("nleep", features=features, labels=labels, num_components=300)
-    with pytest.raises(ValueError, match="covariance_type"):
-        metrics.score("nleep", features=features, labels=labels, covariance_type="tied")
-
-
-# ------------------------------------------------------------------------------------------------
-# OTCE
-
 
 def _ot_task(rng, ns=30, nt=60, d=5):
     source = rng.normal(size=(ns, d)) * 2.0
@@ -585,57 +461,6 @@ def np_exact_otce(source, source_labels, target, target_labels):
     ce = -np.sum(joint[mask] * np.log((joint / marginal)[mask]))
     return float((plan * cost).sum()), float(ce)
 
-
-def test_otce_exact_solver_and_conventions(rng):
-    from mspider_jax.metrics import otce
-
-    source, source_labels, target, target_labels = _ot_task(rng)
-    w_ref, ce_ref = np_exact_otce(source, source_labels, target, target_labels)
-    kwargs = dict(features=target, labels=target_labels, source_features=source, source_labels=source_labels)
-    paper = metrics.score("otce", **kwargs, solver="exact")
-    spider = metrics.score("otce", **kwargs, solver="exact", convention="model_spider")
-    assert _rel(paper, -ce_ref) < 1e-8
-    assert _rel(spider, w_ref + ce_ref) < 1e-8
-    with L.precision_scope():  # the LP path of the host solver (lcm(30, 61) > the assignment limit)
-        plan = otce._ot.exact_plan_numpy(((source[:, None] - target[None, :61 - 1]) ** 2).sum(-1), max_size=10)
-    np.testing.assert_allclose(plan.sum(0), 1 / 60, atol=1e-12)
-
-
-def test_otce_sinkhorn_matches_exact_w(rng):
-    from mspider_jax.metrics import otce
-
-    source, source_labels, target, target_labels = _ot_task(rng)
-    w_ref, ce_ref = np_exact_otce(source, source_labels, target, target_labels)
-    with L.precision_scope():
-        w, ce = otce.otce_components(
-            features=jnp.asarray(target), labels=jnp.asarray(target_labels), source_features=jnp.asarray(source),
-            source_labels=jnp.asarray(source_labels), num_classes=3, num_source_classes=4,
-        )
-    assert _rel(float(w), w_ref) < 1e-3
-    assert _rel(float(ce), ce_ref) < 0.1  # entropic plans spread mass: CE is only close
-
-
-def test_otce_target_subsampling(rng):
-    source, source_labels, target, target_labels = _ot_task(rng)
-    kwargs = dict(features=target, labels=target_labels, source_features=source, source_labels=source_labels)
-    full = metrics.score("otce", **kwargs)
-    assert metrics.score("otce", **kwargs, max_target_samples=None) == full  # N <= the cap: all samples
-    sub = [metrics.score("otce", **kwargs, max_target_samples=40, key=jax.random.key(s)) for s in (0, 0, 1)]
-    assert sub[0] == sub[1] and sub[0] != sub[2] and sub[0] != full
-
-
-def test_otce_errors(rng):
-    source, source_labels, target, target_labels = _ot_task(rng)
-    with pytest.raises(ValueError, match="source_labels"):
-        metrics.score("otce", features=target, labels=target_labels, source_features=source)
-    with pytest.raises(ValueError, match="source_features"):
-        metrics.score("otce", features=target, labels=target_labels, source_labels=source_labels)
-    with pytest.raises(ValueError, match="solver"):
-        metrics.score("otce", features=target, labels=target_labels, source_features=source, source_labels=source_labels, solver="emd")
-
-
-# ------------------------------------------------------------------------------------------------
-# PACTran-Gauss
 
 
 def np_pactran_gauss(features, labels, lda_factor=1.0, seed=0):
@@ -674,60 +499,43 @@ def np_pactran_gauss(features, labels, lda_factor=1.0, seed=0):
     return -(loss(theta) + 0.5 * kd / ldas2 * (100 * lda_factor / d) * np.log(sigma2_inv))
 
 
-@pytest.mark.parametrize("lda_factor", [1.0, 0.1])
-def test_pactran_gauss_matches_scipy_lbfgs(rng, lda_factor):
-    features, labels = _task(rng, n=160, d=8, c=4)
-    expected = np_pactran_gauss(features, labels, lda_factor)
-    got = metrics.score("pactran_gauss", features=features, labels=labels, lda_factor=lda_factor)
-    assert _rel(got, expected) < 2e-3
+
+NLEEP_FEATURES, NLEEP_LABELS = _nleep_task(np.random.default_rng(21))
 
 
-# ------------------------------------------------------------------------------------------------
-# Cross-cutting: jit vs eager, score_zoo (vmap) vs loop, float32 vs float64.
+def test_nleep_leep_on_responsibilities():
+    from sklearn.mixture import GaussianMixture
 
-_SOURCE = np.random.default_rng(7).normal(size=(40, 12)) + 0.2
-_SOURCE_LABELS = np.arange(40) % 5
-_ZOO_CASES = {
-    "sfda": {},
-    "ped": {"source_features": _SOURCE},
-    "gbc": {"num_components": 6},
-    "pactran_gauss": {},
-    "otce": {"source_features": _SOURCE, "source_labels": _SOURCE_LABELS},
-}
+    from mspider_jax.metrics import leep as leep_lib
 
-
-@pytest.mark.parametrize("name", sorted(_ZOO_CASES))
-def test_score_zoo_equals_loop(rng, name):
-    features, labels = _task(rng, n=150, d=12, c=4, sep=0.6)
-    extra = dict(_ZOO_CASES[name])
-    zoo = [features, features * 0.7 + rng.normal(size=features.shape)]
-    zoo_extra = {k: [v, v * 0.7] for k, v in extra.items() if k == "source_features"}
-    shared = {k: v for k, v in extra.items() if k != "source_features"}
-    values = metrics.score_zoo(name, features=zoo, labels=labels, **zoo_extra, **shared)
-    loop = [
-        metrics.score(name, features=f, labels=labels, **{k: v[m] for k, v in zoo_extra.items()}, **shared)
-        for m, f in enumerate(zoo)
-    ]
-    np.testing.assert_allclose(values, loop, rtol=1e-7)
+    resp = GaussianMixture(9, random_state=0).fit(NLEEP_FEATURES).predict_proba(NLEEP_FEATURES)
+    with L.precision_scope():
+        args = (jnp.asarray(resp), jnp.asarray(NLEEP_LABELS), 3)
+        paper = float(leep_lib.leep_from_probabilities(*args, "paper"))
+        spider = float(leep_lib.leep_from_probabilities(*args, "model_spider"))
+    assert _rel(paper, np_leep(resp, NLEEP_LABELS)) < 1e-12
+    assert _rel(spider, np_leep(resp, NLEEP_LABELS, eps=1e-10)) < 1e-12
 
 
-@pytest.mark.parametrize("name", ["sfda", "ped", "gbc"])
-def test_jit_and_eager_agree(rng, name):
-    features, labels = _task(rng, n=150, d=12, c=4, sep=0.6)
-    extra = {k: v for k, v in _ZOO_CASES[name].items()}
-    jitted = metrics.score(name, features=features, labels=labels, **extra)
-    with jax.disable_jit():
-        eager = metrics.score(name, features=features, labels=labels, **extra)
-    assert _rel(eager, jitted) < 1e-9
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gmm_em_matches_sklearn_from_identical_start(covariance_type):
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
 
+    from mspider_jax.metrics import _gmm
 
-@pytest.mark.parametrize("name", ["sfda", "ped", "gbc", "pactran_gauss"])
-def test_float32_default_matches_float64(rng, name):
-    features, labels = _task(rng, n=150, d=12, c=4, sep=0.6, offset=5.0)
-    extra = {k: v for k, v in _ZOO_CASES[name].items()}
-    f64 = metrics.score(name, features=features, labels=labels, **extra)
-    f32 = metrics.score(name, features=features.astype(np.float32), labels=labels, **extra)
-    assert _rel(f32, f64) < 1e-4
+    x, k = NLEEP_FEATURES, 8
+    start_labels = KMeans(k, n_init=1, random_state=0).fit(x).labels_
+    resp0, init = _sklearn_start(x, start_labels, k, covariance_type)
+    reference = GaussianMixture(k, covariance_type=covariance_type, random_state=0, **init).fit(x)
+    with L.precision_scope():
+        fit = jax.jit(lambda a, r: _gmm.fit_gmm(a, r, covariance_type=covariance_type))
+        params, info = fit(jnp.asarray(x), jnp.asarray(resp0))
+        resp = np.asarray(_gmm.responsibilities(jnp.asarray(x), params))
+    assert int(info.num_iterations) == reference.n_iter_ > 2
+    assert _rel(float(info.lower_bound), reference.lower_bound_) < 1e-9
+    np.testing.assert_allclose(resp, reference.predict_proba(x), atol=1e-8)
+    np.testing.assert_allclose(np.asarray(params.means), reference.means_, rtol=1e-8, atol=1e-10)
 
 
 def test_gmm_sparse_m_step_is_exact_when_responsibilities_are_sparse(rng):
@@ -743,7 +551,154 @@ def test_gmm_sparse_m_step_is_exact_when_responsibilities_are_sparse(rng):
     with L.precision_scope():
         for resp, exact in ((hard, True), (soft, False)):
             args = (jnp.asarray(x), jnp.asarray(resp), jnp.asarray(means))
-            sparse, flag = _gmm._scatter_sparse(*args)
+            sparse, flag = jax.jit(_gmm._scatter_sparse)(*args)
             assert bool(flag) == exact
             if exact:
-                np.testing.assert_allclose(np.asarray(sparse), np.asarray(_gmm._scatter_dense(*args)), rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(np.asarray(sparse), np.asarray(jax.jit(_gmm._scatter_dense)(*args)), rtol=1e-10, atol=1e-12)
+
+
+def test_kmeans_matches_sklearn_from_identical_centres():
+    from sklearn.cluster import KMeans
+
+    from mspider_jax.metrics import _gmm
+
+    x, centres = NLEEP_FEATURES, NLEEP_FEATURES[:6]
+    reference = KMeans(6, init=centres, n_init=1).fit(x)
+    with L.precision_scope():
+        labels, got = jax.jit(_gmm.kmeans)(jnp.asarray(x), jnp.asarray(centres))
+        seeds = np.asarray(jax.jit(lambda a, k: _gmm.kmeans_plus_plus(a, 6, k))(jnp.asarray(x), jax.random.key(1)))
+    np.testing.assert_array_equal(np.asarray(labels), reference.labels_)
+    np.testing.assert_allclose(np.asarray(got), reference.cluster_centers_, rtol=1e-10)
+    assert len({tuple(r) for r in seeds}) == 6 and all((x == r).all(1).any() for r in seeds)  # K distinct points
+
+
+def test_nleep_pca_rule_and_component_counts():
+    from sklearn.decomposition import PCA
+
+    from mspider_jax.metrics import nleep
+
+    variance = PCA().fit(NLEEP_FEATURES).explained_variance_
+    assert nleep.kept_components(variance, 0.8) == PCA(0.8).fit(NLEEP_FEATURES).n_components_
+    assert nleep.num_mixture_components("paper", 10_000, 100) == 500
+    assert nleep.num_mixture_components("model_spider", 10_000, 100) == 1000
+    assert nleep.num_mixture_components("model_spider", 300, 100) == 60  # min(C, 0.2N) wins when N < 10C
+
+
+def test_nleep_end_to_end_within_sklearn_band():
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    reference = []
+    for seed in range(4):
+        x = PCA(0.8).fit_transform(NLEEP_FEATURES)
+        resp = GaussianMixture(15, random_state=seed).fit(x).predict_proba(x)
+        reference.append(np_leep(resp, NLEEP_LABELS))
+    ours = [metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, key=jax.random.key(seed)) for seed in range(4)]
+    spread = np.sqrt(np.var(reference) / 4 + np.var(ours) / 4)
+    assert abs(np.mean(ours) - np.mean(reference)) < 3 * spread + 1e-3
+    assert np.std(ours) > 0  # the key matters (k-means++ seeding), deterministically:
+    assert ours[2] == metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, key=jax.random.key(2))
+    # score_zoo runs N-LEEP model by model (its PCA dimension is data-dependent).
+    zoo = metrics.score_zoo("nleep", features=[NLEEP_FEATURES, NLEEP_FEATURES], labels=NLEEP_LABELS)
+    np.testing.assert_array_equal(zoo, [ours[0], ours[0]])
+
+
+def test_nleep_errors():
+    with pytest.raises(ValueError, match="K=300 components needs N >= K"):
+        metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, num_components=300)
+    with pytest.raises(ValueError, match="covariance_type"):
+        metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, covariance_type="tied")
+
+
+# ------------------------------------------------------------------------------------------------
+# OTCE
+
+OT_SOURCE, OT_SOURCE_LABELS, OT_TARGET, OT_TARGET_LABELS = _ot_task(np.random.default_rng(31))
+OT_INPUTS = dict(features=OT_TARGET, labels=OT_TARGET_LABELS, source_features=OT_SOURCE, source_labels=OT_SOURCE_LABELS)
+
+
+def test_otce_exact_solver_and_conventions():
+    from mspider_jax.metrics import _ot
+
+    w_ref, ce_ref = np_exact_otce(OT_SOURCE, OT_SOURCE_LABELS, OT_TARGET, OT_TARGET_LABELS)
+    assert _rel(metrics.score("otce", **OT_INPUTS, solver="exact"), -ce_ref) < 1e-8
+    assert _rel(metrics.score("otce", **OT_INPUTS, solver="exact", convention="model_spider"), w_ref + ce_ref) < 1e-8
+    # The host solver's LP path (used when replication to lcm(Ns, Nt) points is too large).
+    cost = ((OT_SOURCE[:, None] - OT_TARGET[None, :]) ** 2).sum(-1)
+    lp_plan, assignment_plan = _ot.exact_plan_numpy(cost, max_size=10), _ot.exact_plan_numpy(cost)
+    assert _rel((lp_plan * cost).sum(), w_ref) < 1e-8 and _rel((assignment_plan * cost).sum(), w_ref) < 1e-8
+
+
+def test_otce_sinkhorn_matches_exact_w():
+    from mspider_jax.metrics import otce
+
+    w_ref, ce_ref = np_exact_otce(OT_SOURCE, OT_SOURCE_LABELS, OT_TARGET, OT_TARGET_LABELS)
+    with L.precision_scope():
+        w, ce = jax.jit(otce.otce_components, static_argnames=("num_classes", "num_source_classes"))(
+            **{k: jnp.asarray(v) for k, v in OT_INPUTS.items()}, num_classes=3, num_source_classes=4
+        )
+    assert _rel(float(w), w_ref) < 1e-3
+    assert _rel(float(ce), ce_ref) < 0.1  # entropic plans spread mass: CE is only close
+
+
+def test_otce_target_subsampling():
+    full = metrics.score("otce", **OT_INPUTS)
+    sub = [metrics.score("otce", **OT_INPUTS, max_target_samples=40, key=jax.random.key(s)) for s in (0, 0, 1)]
+    assert sub[0] == sub[1] and sub[0] != sub[2] and sub[0] != full
+
+
+def test_otce_errors():
+    with pytest.raises(ValueError, match="source_labels"):
+        metrics.score("otce", features=OT_TARGET, labels=OT_TARGET_LABELS, source_features=OT_SOURCE)
+    with pytest.raises(ValueError, match="source_features"):
+        metrics.score("otce", features=OT_TARGET, labels=OT_TARGET_LABELS, source_labels=OT_SOURCE_LABELS)
+    with pytest.raises(ValueError, match="solver"):
+        metrics.score("otce", **OT_INPUTS, solver="emd")
+
+
+# ------------------------------------------------------------------------------------------------
+# PACTran-Gauss
+
+
+def test_pactran_gauss_matches_scipy_lbfgs():
+    expected = np_pactran_gauss(FEATURES, LABELS)
+    got = metrics.score("pactran_gauss", features=FEATURES, labels=LABELS)
+    assert _rel(got, expected) < 2e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-cutting: score_zoo (vmap) vs loop, jit vs eager, float32 vs float64.
+
+
+@pytest.mark.parametrize("name", ["sfda", "ped", "otce"])
+def test_score_zoo_equals_loop(rng, name):
+    if name == "otce":
+        base, extra = OT_INPUTS["features"], {"source_labels": OT_SOURCE_LABELS}
+        labels, source = OT_TARGET_LABELS, OT_SOURCE
+    else:
+        base, extra, labels, source = FEATURES, {}, LABELS, SOURCE
+    zoo = [base, base * 0.7 + rng.normal(size=base.shape)]
+    sources = [source, source * 0.7] if name != "sfda" else None
+    kwargs = {"source_features": sources} if sources else {}
+    values = metrics.score_zoo(name, features=zoo, labels=labels, **kwargs, **extra)
+    loop = [
+        metrics.score(name, features=f, labels=labels, **({"source_features": sources[m]} if sources else {}), **extra)
+        for m, f in enumerate(zoo)
+    ]
+    assert loop[0] == metrics.score(name, features=base, labels=labels, **({"source_features": source} if sources else {}), **extra)
+    np.testing.assert_allclose(values, loop, rtol=1e-7)
+
+
+def test_jit_and_eager_agree():
+    jitted = metrics.score("gbc", features=FEATURES, labels=LABELS, projection=PROJECTION)
+    with jax.disable_jit():
+        eager = metrics.score("gbc", features=FEATURES, labels=LABELS, projection=PROJECTION)
+    assert _rel(eager, jitted) < 1e-9
+
+
+def test_float32_default_matches_float64():
+    # (SFDA's float32 path is checked against its float32-rounding reference above.)
+    features = FEATURES + 5.0
+    f64 = metrics.score("gbc", features=features, labels=LABELS, projection=PROJECTION)
+    f32 = metrics.score("gbc", features=features.astype(np.float32), labels=LABELS, projection=PROJECTION)
+    assert _rel(f32, f64) < 1e-4
