@@ -100,6 +100,26 @@ def test_load_target_images():
         minizoo.load_target("no_such_target")
 
 
+@pytest.mark.torch
+def test_registry_provider_builds_the_shipped_models():
+    import torch
+
+    from converters import zoo
+
+    entries = zoo.get_zoo("minizoo")
+    assert [e.name for e in entries] == minizoo.model_names()
+    entry = entries[0]
+    model = entry.build()
+    images, _, _ = minizoo.load_target(minizoo.target_names()[0])
+    with torch.no_grad():
+        x = torch.from_numpy(images[:4]).permute(0, 3, 1, 2).float() / 255.0
+        logits = model((x - 0.5) / 0.25)
+    assert logits.shape == (4, entry.num_source_classes)
+    assert model.get_submodule(entry.feature_layer).in_features == entry.feature_dim
+    generic = zoo.get_zoo("minizoo", include_generic=True)[-1]
+    assert generic.name == "generic"
+
+
 def test_missing_artifact_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no mini-zoo artifact"):
         minizoo.load_manifest(tmp_path)
