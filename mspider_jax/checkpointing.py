@@ -120,6 +120,57 @@ class BestCheckpoint:
         self.checkpoints.close()
 
 
+def save_ranker(workdir: str | pathlib.Path, ranker: Any, *, model_kwargs: dict,
+                model_names: list[str], config: ml_collections.ConfigDict | dict, step: int = 0,
+                extra_meta: dict | None = None) -> pathlib.Path:
+    """Writes a ranker as the `best/` checkpoint of `workdir`, so that `load_ranker(workdir)` reads it.
+
+    Args:
+      ranker: a `spider.model.Ranker`.
+      model_kwargs: its constructor arguments without `rngs` (rebuilt by `load_ranker`).
+      model_names: the zoo, in the ranker's order.
+      config: the run's config (recorded in the meta, as training does).
+      step: the checkpoint step.
+      extra_meta: more JSON-able meta entries (e.g. where the ranker came from).
+
+    Returns:
+      The checkpoint directory (workdir/best).
+    """
+    if len(model_names) != model_kwargs.get("num_models"):
+        raise ValueError(f"{len(model_names)} model names for num_models="
+                         f"{model_kwargs.get('num_models')}")
+    config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    meta = {"step": step, "model": dict(model_kwargs), "model_names": list(model_names),
+            "config": config, "metrics": {}, **(extra_meta or {})}
+    checkpoints = Checkpoints(pathlib.Path(workdir) / BEST_DIR, max_to_keep=1)
+    try:
+        checkpoints.save(step, nnx.to_pure_dict(nnx.split(ranker)[1]), meta)  # as training saves
+    finally:
+        checkpoints.close()
+    return checkpoints.directory
+
+
+def _ranker_directory(checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+    """A workdir's best/ (else ckpt/) checkpoint directory, or `checkpoint_dir` itself."""
+    directory = pathlib.Path(checkpoint_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory {directory}")
+    for candidate in (directory / BEST_DIR, directory / LATEST_DIR):
+        if candidate.is_dir() and any(candidate.iterdir()):
+            return candidate
+    return directory
+
+
+def load_ranker_meta(checkpoint_dir: str | pathlib.Path, step: int | None = None) -> dict:
+    """The meta of the checkpoint `load_ranker` reads: step, model (constructor kwargs),
+    model_names, config."""
+    checkpoints = Checkpoints(_ranker_directory(checkpoint_dir), max_to_keep=None)
+    try:
+        return checkpoints.restore_meta(step)
+    finally:
+        checkpoints.close()
+
+
 def load_ranker(checkpoint_dir: str | pathlib.Path,
                 step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
     """Rebuilds a trained `spider.model.Ranker` for inference.
@@ -134,14 +185,7 @@ def load_ranker(checkpoint_dir: str | pathlib.Path,
     """
     from mspider_jax.spider import model as model_lib  # the model imports nothing from here
 
-    directory = pathlib.Path(checkpoint_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoint directory {directory}")
-    for candidate in (directory / BEST_DIR, directory / LATEST_DIR):
-        if candidate.is_dir() and any(candidate.iterdir()):
-            directory = candidate
-            break
-    checkpoints = Checkpoints(directory, max_to_keep=None)
+    checkpoints = Checkpoints(_ranker_directory(checkpoint_dir), max_to_keep=None)
     try:
         meta = checkpoints.restore_meta(step)
         kwargs = dict(meta["model"])

@@ -121,6 +121,24 @@ class Ranking:
     def ranked_names(self) -> list[str]:
         return [self.model_names[i] for i in self.order]
 
+    @property
+    def stages(self) -> np.ndarray:
+        """[M] int: the stage each final score came from (2 = re-scored with the PTM's prototypes)."""
+        stages = np.ones(len(self.model_names), np.int64)
+        stages[list(self.enriched)] = 2
+        return stages
+
+    @property
+    def forward_passes(self) -> int:
+        """Networks run over the task's data for this ranking: the k re-ranked PTMs + the generic
+        encoder."""
+        return len(self.enriched) + 1
+
+    @property
+    def metric_forward_passes(self) -> int:
+        """What scoring the zoo with a transferability metric costs instead: every PTM (M)."""
+        return len(self.model_names)
+
 
 def rank_task(ranker: model_lib.Ranker, model_names: Sequence[str], generic_prototypes: np.ndarray,
               *, specific_length: int, k: int = 0,
