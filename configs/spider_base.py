@@ -39,6 +39,13 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
         zoo="",                 # "minizoo": the zoo order is mspider_jax.minizoo.model_names()
         models=(),              # the zoo, in the order of every score vector
         label="rank",           # training labels: "rank" (paper) or "accuracy"
+        # Where training labels come from (spider/label_sources.py): "finetune" (the ground truth),
+        # "linear_probe" or "metrics_borda" (computed from the training tasks' stored features).
+        label_source="finetune",
+        label_options=ml_collections.ConfigDict(dict(
+            store="", split="train", store_prefix="", cache_dir="",
+            metrics=("logme", "nce", "hscore", "leep"), convention="paper",
+            held_out_fraction=0.3, regularization=1.0, seed=0)),
         generic_model="generic",  # store model name of the generic (task) encoder
         val_tasks=(),           # held-out TRAINING tasks for model selection (never targets) ...
         num_val_tasks=2,        # ... or this many drawn with the seed when val_tasks is empty

@@ -132,6 +132,9 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     if not model_names:
         raise ValueError("config.data.models: the zoo (model names in order) is required")
     tasks = _load_tasks(data_config.train, model_names, data_config.generic_model, "train")
+    if data_config.get("label_source", "finetune") != "finetune":
+        from mspider_jax.spider import label_sources  # labels without fine-tuning (issue 7)
+        tasks = label_sources.relabel(tasks, data_config)
     val_names = list(data_config.val_tasks)
     if not val_names:
         if not 0 < data_config.num_val_tasks < len(tasks):
