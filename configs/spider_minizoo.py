@@ -1,6 +1,8 @@
 """Model Spider on the offline mini zoo (`data/minizoo/`, built by scripts/build_minizoo.py).
 
   python scripts/train.py --config=configs/spider_minizoo.py --workdir=/tmp/spider_minizoo
+  python scripts/train.py --config=configs/spider_minizoo.py:label_source=linear_probe,\
+label_store=MINIZOO_WORKDIR/store --workdir=/tmp/spider_minizoo_probe
   python scripts/train.py --config=configs/spider_minizoo.py:smoke --workdir=/tmp/smoke \
       --config.data.models="('m0','m1')" \
       --config.data.train.bank=... --config.data.train.ground_truth=... \
@@ -19,9 +21,14 @@ from mspider_jax import minizoo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, smoke=False, seed=0)
+    arg = common.parse_arg(arg, smoke=False, seed=0, label_source="finetune", label_store="")
     config = spider_base.base_config(arg.seed)
     config.data.zoo = "minizoo"
+    # Training labels (spider/label_sources.py): "finetune" (measured, the ground truth), or
+    # "linear_probe" / "metrics_borda" computed from the training tasks' features in label_store
+    # (the mini-zoo build's WORKDIR/store; store datasets are named like the training tasks).
+    config.data.label_source = arg.label_source
+    config.data.label_options.store = arg.label_store
     config.data.num_val_tasks = 4
     artifact = minizoo.artifact_dir()  # data/minizoo, or $MSPIDER_MINIZOO_DIR
     config.data.train = spider_base.task_source(
