@@ -151,9 +151,12 @@ def write_artifact(builder: Builder) -> pathlib.Path:
                    stage_cpu_seconds=cpu, total_cpu_seconds=round(sum(cpu.values()), 1),
                    # CPU seconds of the process that ran this package stage (and its workers).
                    process_cpu_seconds=round(build_lib.cpu_seconds(), 1),
-                   threads=config.threads),
+                   threads=config.threads, notes=timings.get("notes", "")),
         summary=summary)
     (staging / "README.md").write_text(render_readme(manifest))
+    for path in staging.rglob("*"):  # some writers create 0600 files; shipped files are public
+        if path.is_file():
+            path.chmod(0o644)
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
                    and not p.name.startswith("."))
     manifest["files"] = {str(p.relative_to(staging)): build_lib.sha256_of(p) for p in files}
@@ -200,6 +203,12 @@ def render_readme(manifest: dict) -> str:
                     t["description"]] for t in targets]
     build = manifest["build"]
     source_table = _markdown_table(["arch \\ source"] + sources, source_rows)
+    from converters.minizoo.build import STAGES
+
+    stage_times = ", ".join(
+        f"{stage} {build['stage_seconds'][stage]:.0f} / "
+        + (f"{build['stage_cpu_seconds'][stage]:.0f}" if stage in build["stage_cpu_seconds"] else "n/a")
+        for stage in STAGES if stage in build["stage_seconds"])
     text = f"""# The offline mini zoo
 
 A small but real model zoo, built offline on a 2-core CPU and shipped in the repository: it is the
@@ -277,11 +286,10 @@ python scripts/build_minizoo.py --config configs/minizoo.py --workdir /tmp/miniz
 The build resumes from its work directory after an interruption and keeps every intermediate
 output there (including the features of every training task for every PTM, in
 `<workdir>/store`, for metric-based labels). This artifact took
-{build['total_seconds'] / 60:.0f} min of wall-clock build time with {build['threads']} threads, on a
-machine shared with other jobs (wall seconds per stage:
-{", ".join(f"{k} {v:.0f}" for k, v in build['stage_seconds'].items())}). CPU seconds per stage:
-{", ".join(f"{k} {v:.0f}" for k, v in build['stage_cpu_seconds'].items()) or "not recorded"}; the
-process that finished the build used {build['process_cpu_seconds'] / 60:.0f} min of CPU time.
+{build['total_seconds'] / 60:.0f} min of wall-clock build time (summed over resumed runs) with
+{build['threads']} threads and {config['finetune_workers']} fine-tuning worker processes, on a
+2-core machine shared with other jobs. Per stage, wall / CPU seconds (CPU of all threads and
+workers; "n/a" where a run predates the CPU accounting): {stage_times}.
 Versions: {", ".join(f"{k} {v}" for k, v in manifest['versions'].items())}.
 
 ## Licences of the sources
