@@ -9,8 +9,11 @@ Flow of one call:
    jit-compiled fn: scalar options, `num_classes` and `convention` are static, arrays are traced.
    One compiled function is cached per (metric, static options); jax adds its own shape cache.
 
-`score_zoo` stacks models of equal input shapes into one `vmap`-ed compiled call (`_model_groups`
-is the single place that decides the batches, so device sharding can be added there).
+`score_zoo` schedules the models of a zoo over a device mesh (`_score_models`, shared with
+`grid.score_grid`): models of equal input shapes are stacked on a model axis placed on the mesh with
+`NamedSharding` (padded to a multiple of the device count) and run through one `shard_map`-ped, `vmap`-ed
+compiled call, so every device works on whole models; a lone model of its shape runs unbatched on one
+device, lone models spread round-robin over the devices. Results are gathered to every host in zoo order.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
+from mspider_jax import sharding
 from mspider_jax.metrics import _linalg
 from mspider_jax.metrics import _validation as V
 from mspider_jax.metrics._registry import CONVENTIONS, MetricSpec, get
@@ -277,14 +282,168 @@ def _as_model_list(name: str, value: Any) -> list[Any] | None:
     return [array[m] for m in range(array.shape[0])]
 
 
-def _model_groups(per_model: list[dict[str, np.ndarray]]) -> list[list[int]]:
+def input_signature(arrays: dict[str, np.ndarray]) -> tuple:
+    """The (name, shape, dtype) of each per-model input: models with equal signatures batch together."""
+    return tuple((k, tuple(v.shape), np.dtype(v.dtype).str) for k, v in sorted(arrays.items()))
+
+
+def _model_groups(signatures: Sequence[tuple]) -> list[list[int]]:
     """Groups model indices whose per-model inputs have identical shapes and dtypes (one compiled,
-    vmapped call per group). The single place deciding the batches: a device mesh goes here."""
+    vmapped call per group), in order of first appearance."""
     groups: dict[tuple, list[int]] = {}
-    for index, arrays in enumerate(per_model):
-        signature = tuple((k, v.shape, v.dtype.str) for k, v in sorted(arrays.items()))
+    for index, signature in enumerate(signatures):
         groups.setdefault(signature, []).append(index)
     return list(groups.values())
+
+
+def _compiled_sharded(
+    spec: MetricSpec, static: dict[str, Any], traced_names: tuple[str, ...], batched: tuple[str, ...], device_mesh: Mesh
+) -> Any:
+    """The (cached) jitted `f(traced) -> [M_padded, ...]`: the inputs named in `batched` carry a model
+    axis split over the mesh, the others are replicated; each device vmaps over its own models (no
+    communication inside: `shard_map` runs the per-device program as written)."""
+    devices = tuple(d.id for d in device_mesh.devices.flat)
+    cache_key = ("sharded", spec.name, id(spec.fn), tuple(sorted(static.items(), key=lambda kv: kv[0])), traced_names, batched, devices, device_mesh.axis_names)
+    fn = _COMPILED.get(cache_key)
+    if fn is not None:
+        return fn
+    axis = device_mesh.axis_names[0]
+
+    def call(traced: dict[str, Any]) -> Any:
+        return spec.fn(**traced, **static)
+
+    per_device = jax.vmap(call, in_axes=({n: (0 if n in batched else None) for n in traced_names},))
+    in_specs = ({n: (PartitionSpec(axis) if n in batched else PartitionSpec()) for n in traced_names},)
+    fn = jax.jit(jax.shard_map(per_device, mesh=device_mesh, in_specs=in_specs, out_specs=PartitionSpec(axis), check_vma=False))
+    _COMPILED[cache_key] = fn
+    return fn
+
+
+def _replicate_shared(shared: dict[str, Any], device_mesh: Mesh) -> dict[str, Any]:
+    """Shared inputs (labels, key, array options) on every device of the mesh (all processes)."""
+    return {k: jax.device_put(v, sharding.replicated(device_mesh)) for k, v in shared.items()}
+
+
+def _score_models(
+    spec: MetricSpec,
+    prepared: _Prepared,
+    signatures: Sequence[tuple],
+    load_model: Any,
+    device_mesh: Mesh,
+) -> np.ndarray:
+    """Scores M models (raw outputs [M, ...]) on a device mesh, in model order, on every host.
+
+    Args:
+      spec, prepared: the metric and its validated shared inputs.
+      signatures: [M] `input_signature` of each model (known before loading, e.g. from a store manifest).
+      load_model: `m -> validated per-model arrays`; called only for the models this process computes
+        (with several processes each one loads just its shard), at most once per model.
+      device_mesh: 1-D mesh; `sharding.mesh()` spans every device of every process.
+
+    Schedule: a group of >= 2 models with equal signatures is stacked on a model axis padded to a
+    multiple of the device count (the padding repeats the group's last model and is dropped) and split
+    over the mesh (`NamedSharding`), one `shard_map`-ped vmapped call; models alone in their group run
+    unbatched (bit-identical to `score`), the j-th of them on device j mod #devices. All calls are
+    dispatched before any result is read, so devices run concurrently.
+    """
+    num_models = len(signatures)
+    devices = list(device_mesh.devices.flat)
+    local_devices = {d.id for d in devices if d.process_index == jax.process_index()}
+    cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def model(m: int) -> dict[str, np.ndarray]:
+        if m not in cache:
+            cache[m] = load_model(m)
+        return cache[m]
+
+    groups = _model_groups(signatures)
+    batched_groups = [g for g in groups if len(g) > 1 and spec.jittable]
+    singles = [m for g in groups if not (len(g) > 1 and spec.jittable) for m in g]
+    results: list[np.ndarray | None] = [None] * num_models
+    with _linalg.precision_scope():
+        pending = []
+        if batched_groups:
+            shared = _replicate_shared(prepared.shared, device_mesh)
+        for group in batched_groups:
+            padded = sharding.round_up(len(group), device_mesh)
+            member = lambda row, group=group: group[min(int(row), len(group) - 1)]  # noqa: E731
+            stacked = {}
+            for name, shape, dtype in signatures[group[0]]:
+                stacked[name] = sharding.array_from_rows(
+                    (padded, *shape), np.dtype(dtype), device_mesh,
+                    lambda rows, name=name, member=member: np.stack([model(member(r))[name] for r in rows]),
+                )
+            traced = {**shared, **stacked}
+            fn = _compiled_sharded(spec, prepared.static, tuple(sorted(traced)), tuple(sorted(stacked)), device_mesh)
+            pending.append((group, fn(traced)))
+        # Lone models: round-robin over the devices; each process computes those on its devices.
+        local_single_values: dict[int, Any] = {}
+        for position, m in enumerate(singles):
+            device = devices[position % len(devices)]
+            if device.id not in local_devices:
+                continue
+            arrays = model(m)
+            if spec.jittable:
+                traced = jax.device_put({**prepared.shared, **arrays}, device)
+                fn = _compiled(spec, prepared.static, tuple(sorted(traced)), ())
+                local_single_values[position] = fn(traced)
+            else:
+                with jax.default_device(device):
+                    local_single_values[position] = spec.fn(**prepared.shared, **arrays, **prepared.static)
+        for group, out in pending:
+            values = sharding.gather(out)
+            for position, m in enumerate(group):
+                results[m] = values[position]
+        if singles:
+            local = {p: np.asarray(jax.device_get(v)) for p, v in local_single_values.items()}
+            if jax.process_count() == 1:
+                for position, m in enumerate(singles):
+                    results[m] = local[position]
+            else:
+                results_singles = _allgather_positions(local, len(singles), device_mesh)
+                for position, m in enumerate(singles):
+                    results[m] = results_singles[position]
+    return np.stack(results)
+
+
+def _allgather_positions(local: dict[int, np.ndarray], count: int, device_mesh: Mesh) -> np.ndarray:
+    """Every process's {position: value} of the lone models -> all values [count, ...] on every host.
+
+    Position j was computed by the process owning device j mod n (n devices). The values go into a
+    global [n * ceil(count / n), ...] array split over the mesh, position j at row
+    (j mod n)·ceil(count / n) + j div n, i.e. on the device that computed it, so each process supplies
+    only its own values; `sharding.gather` then brings the whole array to every host.
+    """
+    devices = list(device_mesh.devices.flat)
+    n = len(devices)
+    per_device = -(-count // n)
+    shape = next(iter(local.values())).shape if local else None
+    # Agree on the output shape and dtype: every process computed at least one value when count >= #devices;
+    # otherwise broadcast from the processes that did (a tiny allgather of the shape).
+    from jax.experimental import multihost_utils
+
+    dims = np.full((8,), -1, np.int64)
+    if shape is not None:
+        dims[: len(shape)] = shape
+        dims[7] = len(shape)
+    all_dims = np.asarray(multihost_utils.process_allgather(dims))
+    known = all_dims[all_dims[:, 7] >= 0][0]
+    shape = tuple(int(d) for d in known[: int(known[7])])
+    def load_rows(rows: np.ndarray) -> np.ndarray:
+        block = np.zeros((len(rows), *shape), np.float64)
+        for i, row in enumerate(rows):
+            k, slot = divmod(int(row), per_device)
+            position = slot * n + k
+            if position < count:
+                block[i] = local[position]
+        return block
+
+    array = sharding.array_from_rows((n * per_device, *shape), np.float64, device_mesh, load_rows)
+    values = sharding.gather(array)
+    out = np.empty((count, *shape), np.float64)
+    for position in range(count):
+        out[position] = values[(position % n) * per_device + position // n]
+    return out
 
 
 def score_zoo(
@@ -297,17 +456,19 @@ def score_zoo(
     source_labels: Any = None,
     convention: str = "paper",
     key: Any = None,
+    mesh: Mesh | None = None,
     **options: Any,
 ) -> np.ndarray:
     """Scores M models of a zoo on one target task: -> [M] float64 (larger = more transferable).
 
     `features`, `logits` and `source_features` are each a list of M per-model arrays or one stacked
     [M, N, D] array; labels, source labels, key and options are shared. Models with equal input shapes
-    run in one `vmap`-ed, jit-compiled call; different feature dims form separate groups (no padding:
-    padding is not exact for most metrics). Results equal a loop of `score` calls (same key for every
-    model) up to the float32 rounding of batched products (~1e-6 relative; a group of one model is
-    bit-identical). Zoo-relative metrics (NCTI, ETran) combine their per-model components with the metric's
-    `combine_zoo`.
+    run in one `vmap`-ed, jit-compiled call whose model axis is split over the devices of `mesh`
+    (default `sharding.mesh()`: every device; each device scores whole models); different feature dims
+    form separate groups (no padding of D or N: it is not exact for most metrics). Results equal a loop
+    of `score` calls (same key for every model) up to the float32 rounding of batched products (~1e-6
+    relative; a model alone in its group is bit-identical). Zoo-relative metrics (NCTI, ETran) combine
+    their per-model components with the metric's `combine_zoo`.
     """
     spec = get(name)
     per_input = {k: _as_model_list(k, v) for k, v in (("features", features), ("logits", logits), ("source_features", source_features))}
@@ -325,26 +486,16 @@ def score_zoo(
         _prepare_model(spec, prepared, {k: (v[m] if v is not None else None) for k, v in per_input.items()}, model=f" (model {m})")
         for m in range(num_models)
     ]
+    device_mesh = sharding.mesh() if mesh is None else mesh
+    raw = _score_models(spec, prepared, [input_signature(a) for a in per_model], per_model.__getitem__, device_mesh)
+    return finish_zoo(spec, raw)
 
-    results: list[np.ndarray | None] = [None] * num_models
-    for group in _model_groups(per_model):
-        if len(group) == 1:
-            # A lone model takes the unbatched path: bit-identical to `score` (a batch of one may
-            # round differently in float32 matmuls) and it shares `score`'s compilation cache.
-            results[group[0]] = _evaluate(spec, prepared, per_model[group[0]])
-            continue
-        batched = tuple(sorted(per_model[group[0]]))
-        stacked = {k: np.stack([per_model[m][k] for m in group]) for k in batched}
-        traced = {**prepared.shared, **stacked}
-        names = tuple(sorted(traced))
-        with _linalg.precision_scope():
-            fn = _compiled(spec, prepared.static, names, batched)
-            out = np.asarray(jax.device_get(fn(traced))) if spec.jittable else np.stack(
-                [np.asarray(spec.fn(**{**prepared.shared, **per_model[m]}, **prepared.static)) for m in group]
-            )
-        for position, m in enumerate(group):
-            results[m] = out[position]
-    values = np.stack(results).astype(np.float64)
+
+def finish_zoo(spec: MetricSpec, raw: np.ndarray) -> np.ndarray:
+    """Raw per-model outputs [M, ...] -> scores [M] float64: finiteness check per model, then the
+    zoo-relative combination (NCTI, ETran)."""
+    values = np.asarray(raw).astype(np.float64)
+    num_models = values.shape[0]
     for m in range(num_models):
         _check_finite(spec, values[m], model=f" (model {m})")
     if spec.is_zoo_relative:
@@ -360,4 +511,4 @@ def names_supporting(target: str) -> tuple[str, ...]:
     return tuple(n for n in registered_names() if target in get(n).targets)
 
 
-__all__: Sequence[str] = ("score", "score_components", "score_zoo", "names_supporting")
+__all__: Sequence[str] = ("score", "score_components", "score_zoo", "names_supporting", "finish_zoo", "input_signature")
