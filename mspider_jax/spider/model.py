@@ -152,10 +152,17 @@ class Ranker(nnx.Module):
     Attributes:
       num_models, generic_dim, model_dims, width, num_heads, depth: the architecture (also saved
         with checkpoints so that `checkpointing.load_ranker` can rebuild it).
+
+    PTM tokens (`tokens.ModelTokens`): learned vectors (the paper), optionally plus a projection of
+    per-PTM metadata `model_metadata` [M, K]; `learned_models` [M] bool marks the PTMs that have a
+    learned vector (the others, e.g. unseen in training, are scored from their metadata alone), and
+    `learned_token_dropout` drops learned vectors in training.
     """
 
     def __init__(self, *, num_models: int, generic_dim: int, model_dims: Sequence[int],
                  width: int = 1024, num_heads: int = 1, depth: int = 1, dropout: float = 0.1,
+                 model_metadata: Sequence[Sequence[float]] | None = None,
+                 learned_models: Sequence[bool] | None = None, learned_token_dropout: float = 0.0,
                  rngs: nnx.Rngs):
         if len(model_dims) != num_models:
             raise ValueError(f"model_dims has {len(model_dims)} entries for {num_models} models")
@@ -173,7 +180,9 @@ class Ranker(nnx.Module):
         self.depth = depth
         self.generic_projection = tokens_lib.torch_linear(generic_dim, width, rngs=rngs)
         self.model_projections = tokens_lib.ModelProjections(self.model_dims, width, rngs=rngs)
-        self.model_tokens = tokens_lib.ModelTokens(num_models, width, rngs=rngs)
+        self.model_tokens = tokens_lib.ModelTokens(
+            num_models, width, metadata=model_metadata, learned=learned_models,
+            learned_token_dropout=learned_token_dropout, rngs=rngs)
         self.blocks = nnx.List(
             [AttentionBlock(width, num_heads, dropout, rngs=rngs) for _ in range(depth)])
         self.head_norm = nnx.LayerNorm(width, epsilon=_LAYER_NORM_EPSILON, rngs=rngs)
@@ -206,10 +215,10 @@ class Ranker(nnx.Module):
         specific_tokens = None if specific is None else self.model_projections(specific)
         return task_tokens, specific_tokens
 
-    def _sequences(self, task_tokens, generic_mask, specific_tokens, specific_mask):
+    def _sequences(self, task_tokens, generic_mask, specific_tokens, specific_mask, model_tokens):
         """The full per-PTM sequences X [B, M, L, W] and key masks [B, M, L]."""
         batch, num_generic, width = task_tokens.shape
-        model_tokens = jnp.broadcast_to(self.model_tokens()[None, :, None, :],
+        model_tokens = jnp.broadcast_to(model_tokens[None, :, None, :],
                                         (batch, self.num_models, 1, width))
         parts = [
             model_tokens,
@@ -247,13 +256,14 @@ class Ranker(nnx.Module):
         self._check_inputs(generic, generic_mask, specific, specific_mask)
         task_tokens, specific_tokens = self._tokens(generic, specific)
         options = dict(deterministic=deterministic, rngs=rngs)
+        model_tokens = self.model_tokens(**options)
         if self.depth == 1:
-            readout = self.blocks[0].model_token_readout(self.model_tokens(), task_tokens,
+            readout = self.blocks[0].model_token_readout(model_tokens, task_tokens,
                                                          generic_mask, specific_tokens,
                                                          specific_mask, **options)
             return self._score(readout)
         sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens,
-                                              specific_mask)
+                                              specific_mask, model_tokens)
         for block in self.blocks[:-1]:
             sequences = block(sequences, sequences, key_mask, **options)
         readout = self.blocks[-1](sequences[:, :, :1], sequences, key_mask, **options)[:, :, 0]
@@ -269,8 +279,9 @@ class Ranker(nnx.Module):
         """
         self._check_inputs(generic, generic_mask, specific, specific_mask)
         task_tokens, specific_tokens = self._tokens(generic, specific)
+        model_tokens = self.model_tokens(deterministic=deterministic, rngs=rngs)
         sequences, key_mask = self._sequences(task_tokens, generic_mask, specific_tokens,
-                                              specific_mask)
+                                              specific_mask, model_tokens)
         for block in self.blocks:
             sequences = block(sequences, sequences, key_mask, deterministic=deterministic,
                               rngs=rngs)
