@@ -187,3 +187,133 @@ def test_loss_masks_missing_cells(zoo):
     moved = scores.copy()
     moved[~batch.label_mask] += 100.0  # a missing model's score must not matter
     np.testing.assert_allclose(losses.plackett_luce(moved, batch.labels, batch.label_mask), loss, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metadata tokens of the ranker (a general option of spider.model.Ranker)
+
+
+def _metadata_ranker(metadata, learned, dropout=0.0, seed=0):
+    from flax import nnx
+
+    from mspider_jax.spider import model as model_lib
+
+    return model_lib.Ranker(num_models=len(metadata), generic_dim=6, model_dims=[1] * len(metadata), width=8,
+                            num_heads=2, dropout=0.0, model_metadata=metadata, learned_models=learned,
+                            learned_token_dropout=dropout, rngs=nnx.Rngs(params=seed))
+
+
+def test_unseen_model_score_depends_only_on_its_metadata(rng):
+    from flax import nnx
+
+    from mspider_jax.spider import tokens as tokens_lib
+
+    metadata = rng.standard_normal((4, 3)).round(3).tolist()
+    metadata[3] = list(metadata[2])             # models 2 and 3: same metadata, ...
+    learned = [True, True, False, False]        # ... and neither has a learned vector
+    ranker = _metadata_ranker(metadata, learned)
+    generic = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    mask = np.array([[True, True, False], [True, True, True]])
+    score = nnx.jit(lambda model, g, m: model(g, m))
+    scores = np.asarray(score(ranker, generic, mask))
+    np.testing.assert_allclose(scores[:, 2], scores[:, 3], rtol=1e-6)
+    full = np.asarray(nnx.jit(lambda model, g, m: model.full_sequence_scores(g, m))(ranker, generic, mask))
+    np.testing.assert_allclose(full, scores, rtol=1e-5, atol=1e-6)
+    # The token of a model without a learned vector is exactly its metadata projection (float64 here).
+    projection = ranker.model_tokens.metadata_projection
+    expected = (np.asarray(metadata, np.float64) @ np.asarray(projection.kernel[...], np.float64)
+                + np.asarray(projection.bias[...], np.float64))
+    np.testing.assert_allclose(np.asarray(ranker.model_tokens())[2:], expected[2:], rtol=1e-5, atol=1e-6)
+    # Any value of the unused learned vectors of models 2, 3 gives the same scores; model 0's matters.
+    embedding = ranker.model_tokens.embedding
+    embedding.set_value(embedding[...].at[2:].set(100.0))
+    np.testing.assert_allclose(score(ranker, generic, mask), scores, rtol=1e-6)
+    embedding.set_value(embedding[...].at[0].add(1.0))
+    changed = np.asarray(score(ranker, generic, mask))
+    assert np.abs(changed[:, 0] - scores[:, 0]).min() > 1e-4
+    np.testing.assert_allclose(changed[:, 1:], scores[:, 1:], rtol=1e-6)
+    # Learned-token dropout acts in training only and never touches the metadata part.
+    tokens = tokens_lib.ModelTokens(4, 8, metadata=metadata, learned=[True] * 4, learned_token_dropout=0.999,
+                                    rngs=nnx.Rngs(params=0))
+    np.testing.assert_array_equal(tokens(), tokens())
+    assert np.abs(np.asarray(tokens()) - np.asarray(tokens.embedding[...])).max() > 1e-3
+    dropped = np.asarray(tokens(deterministic=False, rngs=nnx.Rngs(dropout=1)))
+    projection = tokens.metadata_projection
+    only_metadata = np.asarray(metadata) @ np.asarray(projection.kernel[...]) + projection.bias[...]
+    np.testing.assert_allclose(dropped, only_metadata, rtol=1e-5, atol=1e-6)
+
+
+def test_metadata_tokens_reject_bad_input():
+    from flax import nnx
+
+    from mspider_jax.spider.tokens import ModelTokens
+
+    rngs = nnx.Rngs(params=0)
+    with pytest.raises(ValueError, match="NaN"):
+        ModelTokens(2, 4, metadata=[[0.0, 1.0], [np.nan, 1.0]], rngs=rngs)
+    with pytest.raises(ValueError, match="learned has 1 entries"):
+        ModelTokens(2, 4, metadata=[[0.0, 1.0], [1.0, 1.0]], learned=[True], rngs=rngs)
+    with pytest.raises(ValueError, match="need metadata"):
+        ModelTokens(2, 4, learned=[True, False], rngs=rngs)
+    with pytest.raises(ValueError, match=r"\[M=2, K >= 1\]"):
+        ModelTokens(2, 4, metadata=[[1.0], [2.0], [3.0]], rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Leave-one-group-out: no held-out task ever reaches training
+
+
+def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path):
+    from absl import logging
+
+    from configs import spider_llm
+    from mspider_jax.llm import experiment
+    from mspider_jax.spider import train_lib
+
+    complete = np.flatnonzero(~np.isnan(zoo.scores).any(axis=0))
+    small = zoo.select_models(complete[:20])       # a small zoo keeps the trainings short
+    config = spider_llm.get_config("smoke")
+    with config.unlocked():
+        config.model.width = 8
+        config.train.epochs = 1
+        config.llm.grid = ""
+        config.llm.task_text = "all"
+        config.llm.knn_ks = (1,)
+    prototypes = {"all": llm_data.load_task_prototypes(text="all")}
+    trainings, batches = [], []
+    real_train, real_batch = experiment.train_ranker, train_lib.training_batch
+
+    def recording_train(cfg, train, kwargs):
+        trainings.append(list(train.names))
+        return real_train(cfg, train, kwargs)
+
+    def recording_batch(*args, **kwargs):
+        batch = real_batch(*args, **kwargs)
+        batches.append((len(trainings) - 1, batch))
+        return batch
+
+    monkeypatch.setattr(experiment, "train_ranker", recording_train)
+    monkeypatch.setattr(train_lib, "training_batch", recording_batch)
+    logging.set_verbosity(logging.WARNING)
+    result = experiment.run_fold(config, "musr_gpqa", small, prototypes, [{}],
+                                 experiment._Progress(4), tmp_path)
+
+    held_out = {name for name, group in zip(small.task_names, small.task_groups) if group in ("musr", "gpqa")}
+    assert set(result["held_out_tasks"]) == held_out and len(held_out) == 6
+    assert len(trainings) == 4  # two inner folds, the final training, the unseen-model training
+    assert all(not held_out & set(names) for names in trainings)
+    assert not {n for n in trainings[0] if n.startswith("bbh_")}    # inner fold 1 validates on BBH
+    assert not {n for n in trainings[1] if n.startswith("math_")}   # inner fold 2 validates on MATH
+    assert len(trainings[2]) == 94 - 6
+    # On the actual batches: no row carries a held-out task's token or its scores.
+    held_tokens = [prototypes["all"][name].generic[0] for name in held_out]
+    held_scores = [small.scores[small.task_names.index(name)] for name in held_out]
+    unseen = np.isin(small.model_names, result["unseen"]["models"])
+    assert len(batches) > 4
+    for training, batch in batches:
+        for row in np.flatnonzero(batch.task_weight):
+            assert not any(np.array_equal(batch.generic[row, 0], token) for token in held_tokens)
+            labels = np.where(batch.label_mask[row], batch.labels[row], np.nan).astype(np.float64)
+            assert not any(np.allclose(labels, scores, equal_nan=True) for scores in held_scores)
+        if training == 3:  # the unseen-model training never sees an unseen model's score
+            assert not batch.label_mask[:, unseen].any()

@@ -327,7 +327,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       The results dict written to results.json (or, without targets, {"best": validation summary}).
       With `config.train.stop_after_step` > 0 the run stops after that step as if killed (no final
       checkpoint, no evaluation) and returns {"stopped_at": step}.
+      With config.data.zoo == "llm" the run is the LLM zoo's leave-one-group-out experiment
+      (`mspider_jax.llm.experiment.run`, configs/spider_llm.py) and returns its results.
     """
+    if config.data.zoo == "llm":
+        from mspider_jax.llm import experiment  # the LLM zoo builds on this module
+
+        return experiment.run(config, workdir)
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
