@@ -123,7 +123,7 @@ class BestCheckpoint:
 def save_ranker(workdir: str | pathlib.Path, ranker: Any, *, model_kwargs: dict,
                 model_names: list[str], config: ml_collections.ConfigDict | dict, step: int = 0,
                 extra_meta: dict | None = None) -> pathlib.Path:
-    """Writes a ranker as the `best/` checkpoint of `workdir`, so that `load_ranker(workdir)` reads it.
+    """Writes a ranker as the `best/` checkpoint of `workdir` (what `load_ranker(workdir)` reads).
 
     Args:
       ranker: a `spider.model.Ranker`.

@@ -1,10 +1,10 @@
-"""`mspider rank`: rank a zoo for one task of the feature store with a trained Model Spider ranker."""
+"""`mspider rank`: rank a zoo for a task of the feature store with a trained Model Spider ranker."""
 
 import argparse
 import json
 import sys
 
-HELP = "rank the zoo for a task of the feature store with a trained Model Spider ranker (two stages)"
+HELP = "rank the zoo for a task of the feature store with a trained Model Spider run (two stages)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

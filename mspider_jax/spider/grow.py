@@ -305,8 +305,8 @@ def add_models(ranker: model_lib.Ranker, model_kwargs: dict, model_names: Sequen
     model_names = list(model_names)
     num_old = len(model_names)
     if list(train.model_names[:num_old]) != model_names or len(train.model_names) <= num_old:
-        raise ValueError(f"the tasks' zoo must be the ranker's {num_old} models followed by the new "
-                         f"ones; got {list(train.model_names)}")
+        raise ValueError(f"the tasks' zoo must be the ranker's {num_old} models followed by the "
+                         f"new ones; got {list(train.model_names)}")
     if val is not None and val.model_names != train.model_names:
         raise ValueError("val must have the same zoo as train")
     new_names = list(train.model_names[num_old:])

@@ -145,8 +145,9 @@ def rank_store_task(checkpoint: str | os.PathLike, store: data_lib.FeatureSource
     k = min(k, ranker.num_models)
     entry = store.read(dataset, split, generic_model)
     return rank_features(ranker, list(config.model_names), np.asarray(entry.features),
-                         np.asarray(entry.labels), specific_length=int(config.model.specific_length),
-                         k=k, fetch_features=store, dataset=dataset, split=split)
+                         np.asarray(entry.labels),
+                         specific_length=int(config.model.specific_length), k=k,
+                         fetch_features=store, dataset=dataset, split=split)
 
 
 def ranking_record(ranking: rank_lib.Ranking) -> dict:

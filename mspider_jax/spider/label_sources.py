@@ -14,12 +14,12 @@ source (`config.data.label_source`):
                    (`options.metrics`, default LogME, NCE, H-Score, LEEP; any metric that needs only
                    the target features and/or the source-head logits).
 
-Borda count: for each metric, the n models scored on the task get points equal to their rank by that
-metric, 0 for the lowest score ... n-1 for the highest. Tied scores share the mean of the points they
-span (`scipy.stats.rankdata(method="average")`: scores 5, 7, 7, 9 get 0, 1.5, 1.5, 3). A model's
-label is the sum of its points over the metrics (higher = better). Models tied in the sum keep equal
-labels: rank labels give them the average rank, and the Plackett-Luce loss places tied models in zoo
-order (`losses.plackett_luce`). A single metric is the Borda count of one metric.
+Borda count: for each metric, the n models scored on the task get points equal to their rank by
+that metric, 0 for the lowest score ... n-1 for the highest. Tied scores share the mean of the
+points they span (`scipy.stats.rankdata(method="average")`: scores 5, 7, 7, 9 get 0, 1.5, 1.5, 3).
+A model's label is the sum of its points over the metrics (higher = better). Models tied in the sum
+keep equal labels: rank labels give them the average rank, and the Plackett-Luce loss places tied
+models in zoo order (`losses.plackett_luce`). A single metric is the Borda count of one metric.
 
 Every label source needs each training task's full features (and logits for logit metrics) in a
 feature store: `options.store` (e.g. the mini-zoo build's WORKDIR/store), dataset
@@ -129,8 +129,8 @@ def task_metric_scores(store: data_lib.FeatureSource, dataset: str, model_names:
     for name in metrics:
         needs = set(metrics_lib.get(name).needs)
         if not needs <= usable:
-            raise ValueError(f"metric {name} needs {sorted(needs - usable)}: a label source can only "
-                             "use metrics of the target features and/or source-head logits")
+            raise ValueError(f"metric {name} needs {sorted(needs - usable)}: a label source can "
+                             "only use metrics of the target features and/or source-head logits")
     models = _available(store, dataset, split, model_names)
     if len(models) < 2:
         raise ValueError(f"{dataset}/{split}: fewer than 2 zoo models in the store ({models})")

@@ -7,16 +7,17 @@ features is the cheapest performance estimate that is still an accuracy.
 
 Protocol, per task and PTM:
   1. Split the task's labelled samples, stratified by class, into a fitting part and a held-out part
-     (`held_out_split`): each class with n >= 2 samples puts round(fraction * n) of them, at least 1
-     and at most n - 1, in the held-out part; a class with one sample is only fitted. The split depends
-     on (labels, fraction, seed) only, so every PTM of a task is probed on the same samples.
+     (`held_out_split`): each class with n >= 2 samples puts round(fraction * n) of them, at least
+     1 and at most n - 1, in the held-out part; a class with one sample is only fitted. The split
+     depends on (labels, fraction, seed) only, so every PTM of a task is probed on the same samples.
   2. Standardise each feature with the fitting part's mean and (population) standard deviation
      + 1e-6.
   3. Minimise  mean_i CE(W z_i + b, y_i) + ||W||^2 / (2 * regularization * N_fit)  over the fitting
      part (sklearn's C convention, as the mini-zoo build's PyTorch probe; the bias is not
      penalised), from zero, by full-batch L-BFGS (`_lbfgs`: 10 curvature pairs, Armijo
-     backtracking) until the gradient norm is below `tol` or `max_iter` iterations. The objective is strictly convex in W, so the fit
-     is the unique optimum up to the solver's tolerance (float32).
+     backtracking) until the gradient norm is below `tol` or `max_iter` iterations. The objective
+     is strictly convex in W, so the fit is the unique optimum up to the solver's tolerance
+     (float32).
   4. Accuracy (percent) of argmax over the task's classes on the held-out part.
 
 Static shapes: samples, feature columns and classes are padded to powers of two (padded samples
@@ -191,7 +192,7 @@ def _probe(features, labels, fit_weight, eval_weight, class_mask, regularization
 
 
 def _padded(features: Sequence[np.ndarray], labels: np.ndarray, held_out: np.ndarray):
-    """Pads to power-of-two shapes: ([M, Np, Dp], labels [Np], fit [Np], eval [Np], classes [Cp])."""
+    """Pads to powers of two: ([M, Np, Dp], labels [Np], fit [Np], eval [Np], classes [Cp])."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise ValueError("labels must be [N] non-negative integer class ids")
@@ -244,7 +245,7 @@ def fit_softmax_regression(features: np.ndarray, labels: np.ndarray, *,
 
 def linear_probe_accuracies(features: Sequence[np.ndarray], labels: np.ndarray, *,
                             held_out_fraction: float = 0.3, regularization: float = 1.0,
-                            seed: int = 0, tol: float = 1e-5, max_iter: int = 500) -> np.ndarray:
+                            seed: int = 0, tol: float = 1e-4, max_iter: int = 100) -> np.ndarray:
     """Held-out linear-probe accuracy (percent) of each PTM on one task (module docstring).
 
     Args:
@@ -252,6 +253,9 @@ def linear_probe_accuracies(features: Sequence[np.ndarray], labels: np.ndarray, 
       labels: [N] integer class ids in 0..C-1 (C >= 2).
       held_out_fraction, seed: the stratified split (`held_out_split`).
       regularization: C in the penalty ||W||^2 / (2 C N_fit).
+      tol, max_iter: L-BFGS stops at a gradient norm < tol or after max_iter iterations (100, as
+        the mini-zoo build's probe): accuracies then match a 500-iteration fit on the mini zoo's
+        tasks at a fraction of the time (the argmax settles long before the weights).
 
     Returns:
       [M] float64 accuracies in percent.

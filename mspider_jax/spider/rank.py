@@ -123,7 +123,7 @@ class Ranking:
 
     @property
     def stages(self) -> np.ndarray:
-        """[M] int: the stage each final score came from (2 = re-scored with the PTM's prototypes)."""
+        """[M] int: the stage of each final score (2 = re-scored with the PTM's own prototypes)."""
         stages = np.ones(len(self.model_names), np.int64)
         stages[list(self.enriched)] = 2
         return stages

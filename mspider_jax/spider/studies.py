@@ -1,8 +1,8 @@
 """Issue 7's measurements on the offline mini zoo: adding PTMs, and labels without fine-tuning.
 
 Both studies train Model Spider (Zhang et al., NeurIPS 2023) with the mini-zoo config
-(`configs/spider_minizoo.py`) and report the weighted tau on the held-out TARGET tasks, whose ground
-truth is measured fine-tuning accuracy (raw form, truth first; mean over targets with a bootstrap CI,
+(`configs/spider_minizoo.py`) and report the weighted tau on the held-out TARGET tasks, whose
+ground truth is measured fine-tuning accuracy (raw form, truth first; mean over targets,
 `spider.evaluate`). Each is repeated over seeds (the seed sets the ranker's initialisation, the
 validation tasks and the batches); cells are means over seeds, with the per-seed values in the JSON.
 
@@ -126,7 +126,8 @@ def add_models_study(config: ml_collections.ConfigDict, workdir: str | os.PathLi
             grown_results = json.loads((grown_dir / "results.json").read_text())
         else:
             summary = grow.add_models_to_run(workdir / f"seed{seed}" / "without", held_out,
-                                             grown_dir, options=dataclasses.replace(options, seed=seed))
+                                             grown_dir,
+                                             options=dataclasses.replace(options, seed=seed))
             grown_results = json.loads((grown_dir / "results.json").read_text())
         per_seed.append({
             "seed": seed,
