@@ -51,6 +51,10 @@ class MetricSpec:
         the validated labels and passed to `fn` as extra *static* keyword options (e.g. the largest
         class size, for padded per-class blocks). Labels are shared by a zoo, so these are too.
       jittable: False for a metric whose fn cannot be traced (it is then called eagerly, per model).
+      streaming: optional `streaming(stream, *, num_classes, convention, key, **options)` that
+        computes the same score from row chunks (`mspider_jax.metrics.streaming.Stream`: one or more
+        passes over a memory-mapped store, accumulating `_stats` statistics), with peak memory
+        independent of N. None: the metric does not stream (`score_streaming` says why not).
     """
 
     name: str
@@ -68,6 +72,7 @@ class MetricSpec:
     check_inputs: Callable[[dict[str, Any], int | None], None] | None = None
     label_statics: Callable[[Any, int], dict[str, Any]] | None = None
     jittable: bool = True
+    streaming: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(INPUTS)

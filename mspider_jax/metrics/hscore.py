@@ -16,18 +16,39 @@ Precision policy: F is centred (mean accumulated in float64), then FᵀF and the
 input dtype (float32 from torch: the O(N·D²) part); the eigendecomposition of Σ_f and the final
 quadratic forms run in float64 when available (`_linalg.precision_scope`).
 
+Statistics: the score is a function of `_stats.Moments` (N, F̄, the centred scatter and the class
+sums), shared by the in-memory path and the one-pass streaming path (`hscore_from_moments`).
+
 Complexity: O(N·D² + N·C·D + D³), memory O(D² + C·D).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from mspider_jax.metrics import _linalg as L
+from mspider_jax.metrics import _stats
 from mspider_jax.metrics._registry import MetricSpec, register
 
 PINV_RTOL = 1e-15
+
+
+def hscore_from_moments(moments: _stats.Moments, rtol: float = PINV_RTOL) -> jax.Array:
+    """H-Score from the moments of (features, one-hot labels) -> scalar >= 0."""
+    n = moments.count
+    cov = moments.scatter / (n - 1)
+    counts = moments.target_sums
+    # Centred class sums = n_c (μ_c - F̄); empty classes give 0 and weigh 0.
+    deviations = moments.cross / jnp.maximum(counts, 1.0)[:, None]
+    lam, vecs = L.eigh(cov)
+    keep = L.eig_cutoff_mask(lam, rtol)
+    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    projected = L.mm(deviations, vecs)  # [C, D] coordinates of d_c in the eigenbasis
+    quad = jnp.sum(projected**2 * inv_lam, axis=1)  # d_cᵀ pinv(Σ_f) d_c
+    return jnp.sum(counts * quad) / (n - 1)
 
 
 def hscore(
@@ -41,18 +62,14 @@ def hscore(
 ) -> jax.Array:
     """H-Score of features [N, D] for labels [N] in 0..C-1 -> scalar >= 0 (larger is better)."""
     del convention, key  # the conventions coincide; deterministic
-    n = features.shape[0]
-    z, _ = L.center(features)
-    cov = L.gram(z) / (n - 1)
-    counts = L.class_counts(labels, num_classes)
-    # Class sums of centred features = n_c (μ_c - F̄); empty classes give 0 and weigh 0.
-    deviations = L.to_high(L.class_sums(z, labels, num_classes)) / jnp.maximum(counts, 1.0)[:, None]
-    lam, vecs = L.eigh(cov)
-    keep = L.eig_cutoff_mask(lam, rtol)
-    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-    projected = L.mm(deviations, vecs)  # [C, D] coordinates of d_c in the eigenbasis
-    quad = jnp.sum(projected**2 * inv_lam, axis=1)  # d_cᵀ pinv(Σ_f) d_c
-    return jnp.sum(counts * quad) / (n - 1)
+    features = L.to_compute(features)
+    moments = _stats.moments(features, L.one_hot(labels, num_classes, features.dtype))
+    return hscore_from_moments(moments, rtol)
+
+
+def hscore_streaming(stream: Any, *, num_classes: int, rtol: float = PINV_RTOL, **_: Any) -> jax.Array:
+    """H-Score from row chunks (one pass; `streaming.Stream`)."""
+    return hscore_from_moments(_stats.stream_moments(stream, num_classes, num_classes), rtol)
 
 
 register(
@@ -62,5 +79,6 @@ register(
         needs=frozenset({"features"}),
         targets=frozenset({"classification"}),
         paper="Bao et al., ICIP 2019",
+        streaming=hscore_streaming,
     )
 )

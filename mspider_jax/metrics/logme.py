@@ -19,7 +19,10 @@ the K columns of float targets [N, K] for regression (spec §10.7). Larger is be
 Conventions: "paper" and "model_spider" coincide (Model Spider's LogME is the authors' code).
 
 Implementation: U is never formed for N > D: x = V_kᵀ(Fᵀt)/s_k, so the only O(N·D²) product is the
-Gram. The data-dependent `break` is a fixed 11-step `lax.fori_loop` that freezes the state once
+Gram, and the score is a function of `_stats.Moments` of (F, targets): FᵀF = S + N·F̄F̄ᵀ and
+Fᵀt = Σ t(x − F̄) + F̄·Σt, with ‖t‖² = Σt². The in-memory path and the one-pass streaming path share
+`logme_from_moments` (for N <= D, where the kernel F Fᵀ is needed, streaming reads the N·D <= D²
+values whole). The data-dependent `break` is a fixed 11-step `lax.fori_loop` that freezes the state once
 converged; the retained rank k is a mask. Columns are vmapped.
 
 Precision policy: float64 is required for the evidence (N/2·log β and the residual terms cancel).
@@ -33,12 +36,14 @@ Complexity: O(N·D·min(N, D) + min(N, D)³ + N·D·K), memory O(D² + D·K).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mspider_jax.metrics import _linalg as L
+from mspider_jax.metrics import _stats
 from mspider_jax.metrics._registry import MetricSpec, register
 
 MAX_ITERATIONS = 11
@@ -91,27 +96,43 @@ def _column_evidence(
     return evidence / num_samples
 
 
-def logme_evidences(features: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-column LogME evidence. features: [N, D], targets: [N, K] float -> [K] in high_dtype()."""
-    n, d = features.shape
-    targets_high = L.to_high(targets)
-    target_energy = jnp.sum(targets_high**2, axis=0)  # ‖t‖² [K]
-    if n > d:
-        lam, vecs = L.eigh(L.uncentered_gram(features))
-        sigma = jnp.maximum(lam, 0.0)
-        keep = jnp.sqrt(sigma) > SINGULAR_VALUE_CUTOFF
-        projected = vecs.T @ L.uncentered_cross(features, targets)  # V_kᵀ Fᵀ t  [D, K]
-        x = projected / jnp.where(keep, jnp.sqrt(jnp.where(keep, sigma, 1.0)), 1.0)[:, None]
-        x = jnp.where(keep[:, None], x, 0.0)
-    else:
-        lam, vecs = L.eigh(L.uncentered_kernel(features))
-        sigma = jnp.maximum(lam, 0.0)
-        keep = jnp.ones_like(sigma, dtype=bool)  # the thin SVD keeps all N singular values
-        x = vecs.T @ targets_high  # U_kᵀ t  [N, K]
+def _evidences(sigma: jax.Array, keep: jax.Array, x: jax.Array, target_energy: jax.Array, n: Any, d: int) -> jax.Array:
+    """Evidence of every target column from the spectrum σ [k], the projections x = U_kᵀt [k, K] and
+    ‖t‖² [K] -> [K]."""
     x2 = x**2
     r0 = target_energy - jnp.sum(x2, axis=0)
     column = jax.vmap(_column_evidence, in_axes=(None, None, 1, 0, None, None))
     return column(sigma, keep, x2, r0, n, d)
+
+
+def logme_evidences_from_moments(moments: _stats.Moments) -> jax.Array:
+    """Per-column LogME evidence (N > D path) from the moments of (features, targets) -> [K]."""
+    d = moments.mean.shape[0]
+    lam, vecs = L.eigh(_stats.uncentered_gram(moments))
+    sigma = jnp.maximum(lam, 0.0)
+    keep = jnp.sqrt(sigma) > SINGULAR_VALUE_CUTOFF
+    projected = vecs.T @ _stats.uncentered_cross(moments)  # V_kᵀ Fᵀ t  [D, K]
+    x = projected / jnp.where(keep, jnp.sqrt(jnp.where(keep, sigma, 1.0)), 1.0)[:, None]
+    x = jnp.where(keep[:, None], x, 0.0)
+    return _evidences(sigma, keep, x, moments.target_energy, moments.count, d)
+
+
+def logme_evidences(features: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-column LogME evidence. features: [N, D], targets: [N, K] float -> [K] in high_dtype()."""
+    n, d = features.shape
+    if n > d:
+        return logme_evidences_from_moments(_stats.moments(features, targets))
+    targets_high = L.to_high(targets)
+    lam, vecs = L.eigh(L.uncentered_kernel(features))
+    sigma = jnp.maximum(lam, 0.0)
+    keep = jnp.ones_like(sigma, dtype=bool)  # the thin SVD keeps all N singular values
+    x = vecs.T @ targets_high  # U_kᵀ t  [N, K]
+    return _evidences(sigma, keep, x, jnp.sum(targets_high**2, axis=0), n, d)
+
+
+def _targets(labels: jax.Array, num_classes: int | None, dtype: Any) -> jax.Array:
+    """One-hot columns (classification) or the float targets [N, K] themselves (regression)."""
+    return labels if num_classes is None else L.one_hot(labels, num_classes, dtype)
 
 
 def logme(
@@ -126,11 +147,18 @@ def logme(
     targets [N, K] (regression, num_classes=None) -> scalar (mean evidence; larger is better)."""
     del convention, key  # the conventions coincide; deterministic
     features = L.to_compute(features)
-    if num_classes is None:
-        targets = labels
-    else:
-        targets = L.one_hot(labels, num_classes, features.dtype)
-    return jnp.mean(logme_evidences(features, targets))
+    return jnp.mean(logme_evidences(features, _targets(labels, num_classes, features.dtype)))
+
+
+def logme_streaming(stream: Any, *, num_classes: int | None, **_: Any) -> jax.Array:
+    """LogME from row chunks (one pass; `streaming.Stream`). For N <= D the rows are read whole:
+    they take no more memory than the D×D Gram, and the kernel path needs them."""
+    n, d = stream.num_rows, stream.dim("features")
+    if n <= d:
+        features = L.to_compute(jnp.asarray(stream.read_all("features")))
+        return jnp.mean(logme_evidences(features, _targets(jnp.asarray(stream.labels), num_classes, features.dtype)))
+    num_targets = num_classes if num_classes is not None else stream.labels.shape[1]
+    return jnp.mean(logme_evidences_from_moments(_stats.stream_moments(stream, num_targets, num_classes)))
 
 
 register(
@@ -142,5 +170,6 @@ register(
         paper="You et al., ICML 2021",
         # Evidence per one-hot column needs no within-class spread: one-sample classes are valid.
         min_class_size=1,
+        streaming=logme_streaming,
     )
 )
