@@ -24,6 +24,8 @@ dominates (the reference's 0.01 s at N=10⁴, Cs=10³ excludes it: its driver ta
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -41,16 +43,34 @@ def first_argmax(scores: jax.Array) -> jax.Array:
     return lax.top_k(scores, 1)[1][:, 0]
 
 
+def nce_from_counts(counts: jax.Array) -> jax.Array:
+    """NCE from the joint counts [C, Cs] of (target label, source pseudo-label) -> scalar <= 0."""
+    counts = counts.astype(L.high_dtype())
+    joint = counts / jnp.sum(counts)
+    marginal = jnp.sum(joint, axis=0, keepdims=True)  # p_s
+    ratio = jnp.where(joint > 0, joint / jnp.where(marginal > 0, marginal, 1.0), 1.0)
+    return jnp.sum(joint * jnp.log(ratio))
+
+
+def joint_counts(
+    pseudo_labels: jax.Array, labels: jax.Array, num_classes: int, num_source_classes: int, valid: jax.Array | None = None
+) -> jax.Array:
+    """#{i : y_i = t, z_i = s} as an int32 table [C, Cs] (rows with valid False left out)."""
+    ones = jnp.ones(labels.shape, jnp.int32) if valid is None else valid.astype(jnp.int32)
+    return jnp.zeros((num_classes, num_source_classes), jnp.int32).at[labels, pseudo_labels].add(ones)
+
+
 def nce_from_pseudo_labels(
     pseudo_labels: jax.Array, labels: jax.Array, num_classes: int, num_source_classes: int
 ) -> jax.Array:
     """NCE of hard source labels [N] in 0..Cs-1 and target labels [N] in 0..C-1 -> scalar <= 0."""
-    n = labels.shape[0]
-    counts = jnp.zeros((num_classes, num_source_classes), jnp.int32).at[labels, pseudo_labels].add(1)
-    joint = counts.astype(L.high_dtype()) / n
-    marginal = jnp.sum(joint, axis=0, keepdims=True)  # p_s
-    ratio = jnp.where(joint > 0, joint / jnp.where(marginal > 0, marginal, 1.0), 1.0)
-    return jnp.sum(joint * jnp.log(ratio))
+    return nce_from_counts(joint_counts(pseudo_labels, labels, num_classes, num_source_classes))
+
+
+def _pseudo_labels(logits: jax.Array, convention: str) -> jax.Array:
+    logits = L.to_compute(logits)
+    scores = jax.nn.softmax(logits, axis=-1) if convention == "model_spider" else logits
+    return first_argmax(scores)
 
 
 def nce(
@@ -63,10 +83,19 @@ def nce(
 ) -> jax.Array:
     """NCE of raw source logits [N, Cs] for labels [N] in 0..C-1 -> scalar <= 0."""
     del key  # deterministic
-    logits = L.to_compute(logits)
-    scores = jax.nn.softmax(logits, axis=-1) if convention == "model_spider" else logits
-    pseudo_labels = first_argmax(scores)
-    return nce_from_pseudo_labels(pseudo_labels, labels, num_classes, logits.shape[-1])
+    return nce_from_pseudo_labels(_pseudo_labels(logits, convention), labels, num_classes, logits.shape[-1])
+
+
+def _counts_step(counts: jax.Array, chunk: dict, num_classes: int, convention: str) -> jax.Array:
+    logits = chunk["logits"]
+    return counts + joint_counts(_pseudo_labels(logits, convention), chunk["labels"], num_classes, logits.shape[-1], chunk["valid"])
+
+
+def nce_streaming(stream: Any, *, num_classes: int, convention: str = "paper", **_: Any) -> jax.Array:
+    """NCE from row chunks (one pass accumulating the joint counts; `streaming.Stream`)."""
+    counts = jnp.zeros((num_classes, stream.dim("logits")), jnp.int32)
+    counts = stream.reduce(_counts_step, counts, ("logits",), num_classes=num_classes, convention=convention)
+    return nce_from_counts(counts)
 
 
 register(
@@ -77,5 +106,6 @@ register(
         targets=frozenset({"classification"}),
         paper="Tran et al., ICCV 2019",
         min_class_size=1,  # counts only: a one-sample class is well defined
+        streaming=nce_streaming,
     )
 )
