@@ -15,6 +15,17 @@ def zoo():
     return llm_data.load_zoo()
 
 
+@pytest.fixture
+def unoptimised_compiles():
+    """XLA without most optimisations: programs compile several times faster (tests of data flow)."""
+    import jax
+
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Data
 
@@ -203,7 +214,7 @@ def _metadata_ranker(metadata, learned, dropout=0.0, seed=0):
                             learned_token_dropout=dropout, rngs=nnx.Rngs(params=seed))
 
 
-def test_unseen_model_score_depends_only_on_its_metadata(rng):
+def test_unseen_model_score_depends_only_on_its_metadata(rng, unoptimised_compiles):
     from flax import nnx
 
     from mspider_jax.spider import tokens as tokens_lib
@@ -263,7 +274,7 @@ def test_metadata_tokens_reject_bad_input():
 # Leave-one-group-out: no held-out task ever reaches training
 
 
-def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path):
+def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path, unoptimised_compiles):
     from absl import logging
 
     from configs import spider_llm
@@ -295,8 +306,8 @@ def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path):
     monkeypatch.setattr(experiment, "train_ranker", recording_train)
     monkeypatch.setattr(train_lib, "training_batch", recording_batch)
     logging.set_verbosity(logging.WARNING)
-    result = experiment.run_fold(config, "musr_gpqa", small, prototypes, [{}],
-                                 experiment._Progress(4), tmp_path)
+    result = experiment.run_fold(config, "musr_gpqa", small, prototypes, [{}], experiment._Progress(4),
+                                 tmp_path)
 
     held_out = {name for name, group in zip(small.task_names, small.task_groups) if group in ("musr", "gpqa")}
     assert set(result["held_out_tasks"]) == held_out and len(held_out) == 6
