@@ -183,28 +183,33 @@ def merge_class_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
 
 
 class ClassScatters(NamedTuple):
-    """Per-class counts [C], means [C, k] and scatters Σ_{i∈c}(x_i - μ_c)(x_i - μ_c)ᵀ [C, k, k]."""
+    """Per-class counts [C], means [C, k] and scatters Σ_{i∈c}(x_i - μ_c)(x_i - μ_c)ᵀ [C, k, k]
+    (or only their diagonals [C, k])."""
 
     counts: jax.Array
     means: jax.Array
     scatters: jax.Array
 
 
-def zero_class_scatters(dim: int, num_classes: int) -> ClassScatters:
+def zero_class_scatters(dim: int, num_classes: int, diagonal: bool = False) -> ClassScatters:
     dtype = L.high_dtype()
-    return ClassScatters(
-        jnp.zeros((num_classes,), dtype), jnp.zeros((num_classes, dim), dtype), jnp.zeros((num_classes, dim, dim), dtype)
-    )
+    shape = (num_classes, dim) if diagonal else (num_classes, dim, dim)
+    return ClassScatters(jnp.zeros((num_classes,), dtype), jnp.zeros((num_classes, dim), dtype), jnp.zeros(shape, dtype))
 
 
-def class_scatters(x: jax.Array, labels: jax.Array, num_classes: int, valid: jax.Array | None = None) -> ClassScatters:
-    """Per-class scatters of x [n, k] (high precision; one masked k×k Gram per class via `lax.map`,
-    O(n·k) memory instead of an [n, C, k] product)."""
+def class_scatters(
+    x: jax.Array, labels: jax.Array, num_classes: int, valid: jax.Array | None = None, diagonal: bool = False
+) -> ClassScatters:
+    """Per-class scatters of x [n, k] in high precision: full [C, k, k] (one masked k×k Gram per class
+    via `lax.map`, O(n·k) memory instead of an [n, C, k] product) or, with `diagonal`, the per-dimension
+    sums of squared deviations [C, k] (one matmul)."""
     x = _masked(L.to_high(x), valid)
     one_hot = _masked(L.one_hot(labels, num_classes, x.dtype), valid)
     counts = jnp.sum(one_hot, axis=0)
-    means = (one_hot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
+    means = L.mm(one_hot.T, x) / jnp.maximum(counts, 1.0)[:, None]
     deviations = _masked(x - means[labels], valid)
+    if diagonal:
+        return ClassScatters(counts, means, L.mm(one_hot.T, deviations**2))
 
     def scatter_of(c: jax.Array) -> jax.Array:
         masked = jnp.where((labels == c)[:, None], deviations, 0.0)
@@ -220,5 +225,7 @@ def merge_class_scatters(a: ClassScatters, b: ClassScatters) -> ClassScatters:
     delta = b.means - a.means
     means = a.means + delta * share_b[:, None]
     weights = a.counts * share_b
+    if a.scatters.ndim == 2:  # diagonals only
+        return ClassScatters(counts, means, a.scatters + b.scatters + weights[:, None] * delta**2)
     scatters = a.scatters + b.scatters + weights[:, None, None] * delta[:, :, None] * delta[:, None, :]
     return ClassScatters(counts, means, scatters)

@@ -28,11 +28,18 @@ reference asserts n_c != 1) and 2 classes.
 Precision policy: the Gram for the PCA in the input dtype on centred data, everything after it
 (64-dim statistics, pair terms, pinv/det) in float64 when available.
 
+Statistics: the class Gaussians come from `_stats.ClassScatters` of the projections (diagonal for
+"paper", full for "model_spider"), shared with the two-pass streaming path (`gbc_streaming`: the
+moments give the mean and covariance for the PCA, then the projections' class statistics); streaming
+supports the "subspace" and "eigh" solvers and an injected projection.
+
 Complexity: PCA O(N·D² + iterations·D²·k) + O(N·k²) class statistics + pairs: O(C²·k) (paper) or
 O(C²·k³) (model_spider, one 64×64 eigh per unordered pair).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +47,7 @@ from jax import lax
 
 from mspider_jax.metrics import _linalg as L
 from mspider_jax.metrics import _pca
+from mspider_jax.metrics import _stats
 from mspider_jax.metrics._registry import MetricSpec, register
 
 NUM_COMPONENTS = 64
@@ -71,17 +79,21 @@ def project_features(
     return projected
 
 
-def _diagonal_stats(x: jax.Array, labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
-    """x [N, k] -> (class means [C, k], floored population variances [C, k])."""
-    means, counts = L.class_means(x, labels, num_classes)
-    deviations = x - means[labels]
-    variances = L.mm(L.one_hot(labels, num_classes, x.dtype).T, deviations**2) / counts[:, None]
-    return means, jnp.maximum(variances, VARIANCE_FLOOR)
+def _diagonal_stats(stats: _stats.ClassScatters) -> tuple[jax.Array, jax.Array]:
+    """Diagonal class statistics -> (class means [C, k], floored population variances [C, k])."""
+    variances = stats.scatters / stats.counts[:, None]
+    return stats.means, jnp.maximum(variances, VARIANCE_FLOOR)
 
 
 def paper_gbc(x: jax.Array, labels: jax.Array, num_classes: int, gaussian_type: str) -> jax.Array:
     """Google's GBC on projected x [N, k] with diagonal or spherical Gaussians -> scalar <= 0."""
-    means, variances = _diagonal_stats(x, labels, num_classes)
+    return paper_gbc_from_stats(_stats.class_scatters(x, labels, num_classes, diagonal=True), gaussian_type)
+
+
+def paper_gbc_from_stats(stats: _stats.ClassScatters, gaussian_type: str) -> jax.Array:
+    """Google's GBC from the diagonal class statistics of the projected features -> scalar <= 0."""
+    means, variances = _diagonal_stats(stats)
+    num_classes = means.shape[0]
     if gaussian_type == "spherical":
         sigma = jnp.mean(variances, axis=1)  # [C]
         centred = means - jnp.mean(means, axis=0)
@@ -113,16 +125,15 @@ def _signed_exp_logdet(lam: jax.Array) -> jax.Array:
 
 def model_spider_gbc(x: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
     """Model Spider's full-covariance GBC with its 1e-5 fudges on projected x [N, k] -> scalar <= 0."""
-    means, counts = L.class_means(x, labels, num_classes)
-    deviations = x - means[labels]
-    # Unbiased class covariances [C, k, k] (np.cov): Σ_c = Σ_{i∈c} d_i d_iᵀ / (n_c - 1), one masked
-    # Gram per class (O(N·k²) memory instead of an [N, C, k] product).
-    def class_scatter(c: jax.Array) -> jax.Array:
-        masked = jnp.where((labels == c)[:, None], deviations, 0.0)
-        return masked.T @ deviations
+    return model_spider_gbc_from_stats(_stats.class_scatters(x, labels, num_classes))
 
-    covs = lax.map(class_scatter, jnp.arange(num_classes)) / (counts - 1.0)[:, None, None]
-    covs = 0.5 * (covs + jnp.swapaxes(covs, 1, 2))
+
+def model_spider_gbc_from_stats(stats: _stats.ClassScatters) -> jax.Array:
+    """Model Spider's GBC from the full class scatters of the projected features -> scalar <= 0."""
+    means, counts = stats.means, stats.counts
+    num_classes = means.shape[0]
+    # Unbiased class covariances [C, k, k] (np.cov): Σ_c = Σ_{i∈c} d_i d_iᵀ / (n_c - 1).
+    covs = stats.scatters / (counts - 1.0)[:, None, None]
     dets = _signed_exp_logdet(jnp.linalg.eigvalsh(covs))  # [C]
 
     first, second = jnp.triu_indices(num_classes, k=1)
@@ -165,6 +176,68 @@ def gbc(
     return paper_gbc(x, labels, num_classes, gaussian_type)
 
 
+# ------------------------------------------------------------------------------------------------
+# Streaming: pass 1 the moments (mean and covariance -> the PCA), pass 2 the class statistics of the
+# projections.
+
+
+def components_from_covariance(
+    cov: jax.Array, num_components: int, pca_solver: str, key: jax.Array | None
+) -> jax.Array:
+    """Top principal axes [D, k] of a covariance [D, D], as `_pca.top_pca` finds them from the rows
+    ("eigh": exact; "subspace": block subspace iteration from the same key)."""
+    if pca_solver == "eigh":
+        _, vecs = L.eigh(cov)
+        return vecs[:, ::-1][:, :num_components]
+    if pca_solver == "subspace":
+        return _pca.top_eigh(cov, num_components, key=key)[1]
+    raise ValueError(
+        f"gbc: streaming supports pca_solver 'subspace' or 'eigh' (or an injected projection), got {pca_solver!r}: "
+        "the randomized solver works on the rows themselves"
+    )
+
+
+def _projected_step(state: _stats.ClassScatters, chunk: dict, num_classes: int, diagonal: bool) -> _stats.ClassScatters:
+    stats, mean, components = state
+    projected = L.mm(L.to_high(chunk["features"]) - mean, components)
+    merged = _stats.merge_class_scatters(stats, _stats.class_scatters(projected, chunk["labels"], num_classes, chunk["valid"], diagonal))
+    return merged, mean, components
+
+
+def gbc_streaming(
+    stream: Any,
+    *,
+    num_classes: int,
+    convention: str = "paper",
+    key: jax.Array | None = None,
+    gaussian_type: str = "spherical",
+    num_components: int = NUM_COMPONENTS,
+    pca_solver: str = "subspace",
+    projection: jax.Array | None = None,
+    **_: Any,
+) -> jax.Array:
+    """GBC from row chunks (two passes; `streaming.Stream`): the PCA from the streamed covariance, then
+    the class statistics of the projections (C·k² memory)."""
+    n, dim = stream.num_rows, stream.dim("features")
+    if convention != "model_spider" and gaussian_type not in GAUSSIAN_TYPES:
+        raise ValueError(f"gbc: gaussian_type must be one of {GAUSSIAN_TYPES}, got {gaussian_type!r}")
+    moments = _stats.stream_moments(stream, num_classes, num_classes)
+    if projection is not None:
+        if projection.shape[0] != dim:
+            raise ValueError(f"gbc: projection has {projection.shape[0]} rows but features have D={dim}")
+        components = L.to_high(projection)
+    else:
+        if min(n, dim) < num_components:
+            raise ValueError(f"gbc: PCA to {num_components} dimensions needs N and D >= {num_components}, got N={n}, D={dim}")
+        components = components_from_covariance(moments.scatter / (n - 1), num_components, pca_solver, key)
+    diagonal = convention != "model_spider"
+    state = (_stats.zero_class_scatters(components.shape[1], num_classes, diagonal), moments.mean, components)
+    stats = stream.reduce(_projected_step, state, ("features",), num_classes=num_classes, diagonal=diagonal)[0]
+    if convention == "model_spider":
+        return model_spider_gbc_from_stats(stats)
+    return paper_gbc_from_stats(stats, gaussian_type)
+
+
 register(
     MetricSpec(
         name="gbc",
@@ -172,5 +245,6 @@ register(
         needs=frozenset({"features"}),
         targets=frozenset({"classification"}),
         paper="Pándy et al., CVPR 2022",
+        streaming=gbc_streaming,
     )
 )
