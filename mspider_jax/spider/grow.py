@@ -61,7 +61,10 @@ from mspider_jax.spider import train_lib
 
 @dataclasses.dataclass(frozen=True)
 class GrowOptions:
-    """How the new PTMs' rows are fitted (module docstring, step 2)."""
+    """How the new PTMs' rows are fitted (module docstring, step 2).
+
+    `add_models_to_run` takes k_min, k_max, the loss and the label kind from the run's config.
+    """
 
     epochs: int = 60
     batch_size: int = 16
@@ -197,8 +200,9 @@ def _epoch_batches(rng: np.random.Generator, tasks: np.ndarray, batch_size: int)
 def fit_new_models(ranker: model_lib.Ranker, grown_paths: Sequence[str], num_old: int,
                    train: data_lib.TaskSet, *, specific_length: int,
                    generic_length: int | None = None, val: data_lib.TaskSet | None = None,
-                   options: GrowOptions = GrowOptions(),
-                   eval_batch_size: int = 16) -> tuple[model_lib.Ranker, list[dict], int, int]:
+                   options: GrowOptions = GrowOptions(), eval_batch_size: int = 16,
+                   loss_fn: losses_lib.LossFn | None = None
+                   ) -> tuple[model_lib.Ranker, list[dict], int, int]:
     """Step 2 of the module docstring: fits rows num_old.. of `grown_paths`, the rest frozen.
 
     Args:
@@ -206,6 +210,7 @@ def fit_new_models(ranker: model_lib.Ranker, grown_paths: Sequence[str], num_old
       specific_length: P_h of the original training; generic_length: padded Pu of the batches
         (default: bucketed over train and val).
       val: tasks for keeping the best epoch (mean stage-1 weighted tau), or None.
+      loss_fn: the ranking loss; default `losses.get_loss(options.loss)`.
 
     Returns:
       (ranker with the fitted rows, history, best epoch, number of training tasks used).
@@ -231,7 +236,7 @@ def fit_new_models(ranker: model_lib.Ranker, grown_paths: Sequence[str], num_old
                                            alpha=options.final_lr / options.lr)
     tx = optax.adam(schedule)
     opt_state = tx.init(trainable)
-    loss_fn = losses_lib.get_loss(options.loss)
+    loss_fn = loss_fn or losses_lib.get_loss(options.loss)
 
     @jax.jit
     def train_step(trainable, opt_state, frozen, batch, dropout_key):
@@ -290,7 +295,8 @@ def add_models(ranker: model_lib.Ranker, model_kwargs: dict, model_names: Sequen
                train: data_lib.TaskSet, *, specific_length: int,
                generic_length: int | None = None, val: data_lib.TaskSet | None = None,
                options: GrowOptions = GrowOptions(),
-               new_metadata: Sequence[Sequence[float]] | None = None) -> GrowResult:
+               new_metadata: Sequence[Sequence[float]] | None = None,
+               loss_fn: losses_lib.LossFn | None = None) -> GrowResult:
     """Adds the PTMs of `train`'s zoo that the ranker lacks (steps 1 and 2).
 
     Args:
@@ -301,6 +307,7 @@ def add_models(ranker: model_lib.Ranker, model_kwargs: dict, model_names: Sequen
       specific_length: P_h of the original training.
       val: validation tasks (same zoo as `train`) for keeping the best epoch, or None.
       new_metadata: the new PTMs' metadata rows, for rankers with PTM metadata.
+      loss_fn: the ranking loss; default `losses.get_loss(options.loss)`.
     """
     model_names = list(model_names)
     num_old = len(model_names)
@@ -326,7 +333,7 @@ def add_models(ranker: model_lib.Ranker, model_kwargs: dict, model_names: Sequen
                                              new_metadata=new_metadata, seed=options.seed)
     fitted, history, best_epoch, num_tasks = fit_new_models(
         grown, grown_paths, num_old, train, specific_length=specific_length,
-        generic_length=generic_length, val=val, options=options)
+        generic_length=generic_length, val=val, options=options, loss_fn=loss_fn)
     return GrowResult(fitted, kwargs, model_names + new_names, history, best_epoch,
                       time.time() - start, num_tasks)
 
@@ -380,9 +387,14 @@ def add_models_to_run(checkpoint: str | os.PathLike, new_models: Sequence[str],
     specific_length = int(config.model.specific_length)
     generic_length = tokens_lib.bucket_length(
         max(s.max_classes for s in (data.train, data.val, data.targets) if s is not None))
+    # As the run was trained: its enrichment depths, loss and label kind.
+    options = dataclasses.replace(options, k_min=int(config.train.k_min),
+                                  k_max=int(config.train.k_max), loss=config.loss.name,
+                                  label_kind=config.data.label)
     result = add_models(ranker, meta["model"], old_names, data.train,
                         specific_length=specific_length, generic_length=generic_length,
-                        val=data.val, options=options, new_metadata=new_metadata)
+                        val=data.val, options=options, new_metadata=new_metadata,
+                        loss_fn=train_lib.loss_fn_from_config(config))
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"grown_from": str(pathlib.Path(checkpoint).absolute()), "added_models": new_models,
