@@ -19,7 +19,7 @@ remapped exactly like `score`). Scores equal the in-memory ones up to float summ
 | pactran_dirichlet, pactran_gamma | 11 | A = a0 + Yᵀq (C·Cs): q_i depends on the previous A, so each of the 10 iterations recomputes q chunk by chunk; a final pass sums the KL (and log lw) terms |
 | sfda | 3 | class means + pooled within-class scatter of x (first fit), of the ConfMix features (second fit: they depend on per-sample first-fit probabilities, recomputed), then Σ_i p₂(y_i|x̃_i) |
 | gbc | 2 | moments for the PCA (covariance; solvers "subspace"/"eigh" or an injected projection), then per-class scatters of the 64-dim projections (C·64²) |
-| transrate | 1 + ⌈C/B⌉ | x̄ (and the global Gram), then the class Grams Z_kᵀZ_k for blocks of B classes per pass (B·D² memory, `class_block_size`), computed on each class's own rows |
+| transrate | 2 | x̄, then the rows class by class (read by index from the memory map): each class Gram Z_kᵀZ_k (D² memory) is reduced to its log-determinant before the next class; their sum is the global ZᵀZ |
 
 Not streamed, and why:
 * nleep: the Gaussian-mixture EM over PCA coordinates needs k-means++ seeding and per-sample
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -160,13 +160,49 @@ class Stream:
         if self.progress is not None:
             self.progress(message)
 
-    def _pad(self, chunk: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
-        """Pads every array of the chunk to `chunk_size` rows (zeros, valid False)."""
+    def gather(
+        self, input_names: Sequence[str], blocks: Iterable[tuple[Any, np.ndarray]]
+    ) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """One pass in a chosen row order: for each (tag, sorted row indices [<= chunk_size]) block,
+        yields (tag, chunk) with the rows of the inputs, "labels" and "valid", padded to a power-of-two
+        bucket (>= 64 rows, at most `chunk_size`) so that few shapes get compiled.
+
+        Used to visit the rows class by class (TransRate's per-class Grams): memory-mapped rows are
+        read by index, each at most once per pass.
+        """
+        started = time.perf_counter()
+        for tag, indices in blocks:
+            indices = np.asarray(indices)
+            if len(indices) == 0:
+                continue
+            if len(indices) > self.chunk_size:
+                raise ValueError(f"a block of {len(indices)} rows exceeds chunk_size={self.chunk_size}")
+            chunk = {}
+            for input_name in input_names:
+                array = self.inputs[input_name]
+                block = np.asarray(array[indices], dtype=_chunk_dtype(array, self.dtype))
+                if not np.all(np.isfinite(block)):
+                    raise ValueError(f"{self.name}: {input_name} contains non-finite values (NaN or inf) in rows {indices[:5].tolist()}...")
+                chunk[input_name] = block
+            chunk["labels"] = self.labels[indices]
+            bucket = min(self.chunk_size, max(64, 1 << (len(indices) - 1).bit_length()))
+            if self.device_mesh is not None:
+                bucket = sharding.round_up(bucket, self.device_mesh)
+            yield tag, self._place(self._pad(chunk, np.ones(len(indices), bool), bucket))
+        self.passes += 1
+        message = f"{self.name}: pass {self.passes} over {self.num_rows} rows (by index) in {time.perf_counter() - started:.1f}s"
+        logging.debug(message)
+        if self.progress is not None:
+            self.progress(message)
+
+    def _pad(self, chunk: dict[str, np.ndarray], valid: np.ndarray, size: int | None = None) -> dict[str, np.ndarray]:
+        """Pads every array of the chunk to `size` (default `chunk_size`) rows (zeros, valid False)."""
+        size = self.chunk_size if size is None else size
         rows = len(valid)
         out = {"valid": valid}
         out.update(chunk)
-        if rows < self.chunk_size:
-            out = {k: np.concatenate([v, np.zeros((self.chunk_size - rows, *v.shape[1:]), v.dtype)]) for k, v in out.items()}
+        if rows < size:
+            out = {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)]) for k, v in out.items()}
         return out
 
     def _place(self, chunk: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -174,6 +210,11 @@ class Stream:
             return chunk
         rows = NamedSharding(self.device_mesh, PartitionSpec(self.device_mesh.axis_names[0]))
         return {k: jax.device_put(v, rows) for k, v in chunk.items()}
+
+    def jitted(self, step: Callable[..., Any], **static: Any) -> Callable[..., Any]:
+        """`step` compiled once per (function, static names), called with the static values bound."""
+        compiled = _jitted(step, tuple(sorted(static)))
+        return lambda *args: compiled(*args, **static)
 
     def reduce(
         self,
