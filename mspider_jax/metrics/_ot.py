@@ -6,8 +6,10 @@
   geometrically (×`decay` per stage, warm-started) from max(C) to the final
   ε = `eps_rel`·mean(C); a stage ends when the row-marginal L1 error is below `tol` (or after
   `max_stage_iterations`), the solve ends at the final ε under the same test or after
-  `max_iterations` in total. The entropic plan's cost exceeds the exact optimum W by O(ε·log N);
-  with the defaults (eps_rel = 1e-4) W is within ~1e-4..1e-3 relative of the exact value (tested).
+  `max_iterations` in total. The entropic plan's cost exceeds the exact optimum W by O(ε·log N).
+  Measured on synthetic features (Ns = 1000, Nt = 2000, D = 256) against the exact plan: eps_rel
+  3e-3 / tol 1e-4 -> W 7e-4 relative high in 279 iterations; 1e-3 -> 1.2e-4 in ~730; 3e-4 -> 2e-5 in
+  ~1600 (float32 and float64 alike; float32 cannot reach tol < ~3e-5). OTCE uses 2e-3 / 1e-4.
 * `exact_plan_host`: the exact (unregularised) plan on the host with SciPy — an assignment problem
   (`linear_sum_assignment`) when the sizes allow replicating points to lcm(Ns, Nt) <= `max_size`
   copies, else the transportation LP (`linprog`, HiGHS). For small problems only (O(Ns·Nt) LP

@@ -23,8 +23,8 @@ contributes 0, see `etran.min_max`).
 PCA: the reference's `PCA(64)` is sklearn's unseeded randomized SVD (its NCTI components move ~0.3 %
 between runs on gap-free spectra). Default here: `pca_solver="randomized"` — the same algorithm family,
 seeded by `key` (so deterministic), with a wider block (2k+16 columns vs k+10) and 2 power iterations
-instead of 7; it is closer to the exact projection than the reference's and costs a few passes over
-the features. `pca_solver="subspace"`/"eigh" give the exact projection (slower: they form the D×D
+instead of 7 (7 passes over the features, no D×D matrix); at N=10⁴, D=2048 its explained variances
+are within ~1e-3 and its subspace within cos 0.998 of the exact ones. `pca_solver="subspace"`/"eigh" give the exact projection (slower: they form the D×D
 covariance). `projection` (components [D, k]) injects a projection for tests and parity runs.
 
 Conventions: NCTI is not part of Model Spider's benchmark; both conventions follow the reference.
@@ -33,7 +33,7 @@ Larger is better. Requires min(N, D) >= 64, 2 classes, 2 samples per class.
 Precision policy: the products with the N×D features in the input dtype (the reference's sklearn
 PCA keeps float32), everything on the 64-dim projection in float64 when available.
 
-Complexity: PCA O((2q+2)·N·D·k) (randomized) + O(N·k² + k³) LDA + O(N·C·d + C·n_max·C·min(n_max, C))
+Complexity: PCA O((2q+3)·N·D·k) (randomized) + O(N·k² + k³) LDA + O(N·C·d + C·n_max·C·min(n_max, C))
 for the posteriors and the per-class nuclear norms (n_max: the largest class).
 """
 

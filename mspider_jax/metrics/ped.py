@@ -27,8 +27,9 @@ Conventions: PED is not part of Model Spider's benchmark; both conventions are t
 (nsigma = 0.6, time_step = 0.1, exit_ratio = 0.5, constant = 1, σ floor 1e-3). Output in (0, 1],
 larger is better.
 
-Precision policy: standardisation statistics, centres, radii and the pair loop in float64 when
-available; the SFDA part follows `sfda.py` (Grams in the input dtype, solves in float64).
+Precision policy: standardisation statistics, centres and the pair loop in float64 when available;
+the radii from the class-centred features in the input dtype (float32 from torch; no cancellation)
+summed in float64; the SFDA part follows `sfda.py` (Grams in the input dtype, solves in float64).
 
 Complexity: O(N·D) statistics + at most 6·O(C²·D) steps + SFDA's O(N·D² + D³).
 """
@@ -130,17 +131,19 @@ def ped(
     if source_features.shape[1] != features.shape[1]:
         raise ValueError(f"ped: source_features have D={source_features.shape[1]} but features have D={features.shape[1]}")
     mean, std = source_standardization(source_features, std_floor)
-    within_cov, means, counts = sfda_lib.within_class_covariance(features, labels, num_classes)
-    # Standardised centres and radii R_c = sqrt(Σ_d var_cd) from class-centred squares (no cancellation).
+    centred, means, counts = sfda_lib.class_centred(features, labels, num_classes)
+    within_cov = L.gram(centred) / features.shape[0]
+    # Standardised centres and radii R_c = sqrt(Σ_d var_cd) from the class-centred features
+    # (no cancellation): Σ_d var_cd = mean over class c of Σ_d (x_id - μ_cd)²/σ_d².
     centres = (means - mean) / std
-    deviations = (L.to_high(features) - means[labels]) / std
-    sq_dev = jnp.sum(deviations**2, axis=1)  # [N]
+    sq_dev = L.to_high(L.mm(centred * centred, (1.0 / std**2).astype(centred.dtype)))  # [N]
     radii = jnp.sqrt(jnp.zeros((num_classes,), sq_dev.dtype).at[labels].add(sq_dev) / counts)
     total, _ = ped_moved_centres(
         centres, radii, time_step=time_step, exit_ratio=exit_ratio, nsigma=nsigma, constant=constant, max_steps=max_steps
     )
     shift = total * std  # back to feature units
-    moved = (L.to_high(features) + shift[labels]).astype(L.compute_dtype(features))
+    xc = L.to_compute(features)
+    moved = xc + shift.astype(xc.dtype)[labels]
     return sfda_lib.sfda_from_statistics(moved, labels, num_classes, within_cov, means + shift, counts)
 
 

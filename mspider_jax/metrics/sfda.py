@@ -20,8 +20,9 @@ coincide (SFDA is not part of Model Spider's benchmark). Labels must be contiguo
 remaps them) with at least 2 classes.
 
 Precision policy: class-centred features (x_i - μ_{y_i}, so Σ_w = ZᵀZ/N needs no cancelling
-subtraction) go through the O(N·D²) Gram in the input dtype; the shrinkage, the Cholesky solve, the
-logits and the softmaxes run in float64 when available (`_linalg.precision_scope`).
+subtraction) go through the O(N·D²) Gram in the input dtype, and ConfMix writes the input dtype like
+the reference; the shrinkage, the Cholesky solve, the logits and the softmaxes run in float64 when
+available (`_linalg.precision_scope`).
 
 Complexity: two Grams O(N·D²), two Cholesky factorisations O(D³), logits O(N·D·C); memory O(N·D + D²).
 """
@@ -51,10 +52,20 @@ def within_class_covariance(
     Returns:
       (Σ_w [D, D], means [C, D], counts [C]), all in high_dtype().
     """
-    means, counts = L.class_means(x, labels, num_classes)
-    # Class-centring before the Gram keeps the float32 rounding relative to the within-class spread.
-    centred = (L.to_high(x) - means[labels]).astype(L.compute_dtype(x))
+    centred, means, counts = class_centred(x, labels, num_classes)
     return L.gram(centred) / x.shape[0], means, counts
+
+
+def class_centred(x: jax.Array, labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [N, D] -> (x_i - μ_{y_i} [N, D] in x's compute dtype, means [C, D], counts [C] in high_dtype()).
+
+    Class-centring before a Gram keeps the float32 rounding relative to the within-class spread. The
+    subtraction runs in the compute dtype: rounding μ to it shifts a class's deviations by one tiny
+    common vector δ, which changes their scatter by n_c·δδᵀ only (~1e-14 relative).
+    """
+    means, counts = L.class_means(x, labels, num_classes)
+    xc = L.to_compute(x)
+    return xc - means.astype(xc.dtype)[labels], means, counts
 
 
 def power_iteration_top_eigenvalue(a: jax.Array, num_steps: int = POWER_ITERATIONS) -> jax.Array:
@@ -131,8 +142,9 @@ def sfda_from_statistics(
     softened = jax.nn.softmax(probs, axis=1)
     confidence = jnp.take_along_axis(softened, labels[:, None], axis=1)  # [N, 1]
     others_mean = (jnp.sum(means, axis=0) - means) / (num_classes - 1)  # [C, D]
-    mixed = confidence * L.to_high(x) + (1.0 - confidence) * others_mean[labels]
-    mixed = mixed.astype(L.compute_dtype(x))  # the reference writes into its float32 array
+    # Mixed in the input dtype: the reference writes the mix into its float32 array anyway.
+    xc = L.to_compute(x)
+    mixed = confidence.astype(xc.dtype) * xc + (1.0 - confidence).astype(xc.dtype) * others_mean.astype(xc.dtype)[labels]
     within_mixed, means_mixed, _ = within_class_covariance(mixed, labels, num_classes)
     log_p2 = shrunk_lda_log_proba(mixed, within_mixed, means_mixed, counts, shrinkage)
     return jnp.mean(jnp.exp(jnp.take_along_axis(log_p2, labels[:, None], axis=1)))
