@@ -438,8 +438,9 @@ def _allgather_positions(local: dict[int, np.ndarray], count: int, device_mesh: 
                 block[i] = local[position]
         return block
 
-    array = sharding.array_from_rows((n * per_device, *shape), np.float64, device_mesh, load_rows)
-    values = sharding.gather(array)
+    with _linalg.precision_scope():  # keep float64 values float64 on the way through the devices
+        array = sharding.array_from_rows((n * per_device, *shape), np.float64, device_mesh, load_rows)
+        values = sharding.gather(array)
     out = np.empty((count, *shape), np.float64)
     for position in range(count):
         out[position] = values[(position % n) * per_device + position // n]
