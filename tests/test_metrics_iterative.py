@@ -21,6 +21,15 @@ from mspider_jax.metrics import _linalg as L
 from mspider_jax.metrics import _pca, ncti, ped, sfda
 
 
+@pytest.fixture
+def one_thread():
+    """Runs scikit-learn/BLAS single-threaded: their OpenMP spin-waits only burn CPU on tiny problems."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def _task(rng: np.random.Generator, n: int = 120, d: int = 12, c: int = 4, sep: float = 1.0, offset: float = 0.0):
     """Gaussian classes with class-dependent spread: features [N, D] float64, labels [N] (all classes present)."""
     labels = rng.permutation(np.arange(n) % c)
@@ -358,7 +367,7 @@ def test_gbc_errors():
 # NCTI
 
 
-def test_ncti_components_match_sklearn_both_lda_paths():
+def test_ncti_components_match_sklearn_both_lda_paths(one_thread):
     components, variances = np_pca_components(WIDE, 16)
     for scale, svd_path in ((0.3, False), (3.0, True)):  # small variance: eigen solver; large: svd
         features = WIDE * scale
@@ -369,7 +378,7 @@ def test_ncti_components_match_sklearn_both_lda_paths():
         np.testing.assert_allclose(got, expected, rtol=1e-7)
 
 
-def test_ncti_default_randomized_pca_is_close_to_exact():
+def test_ncti_default_randomized_pca_is_close_to_exact(one_thread):
     components, variances = np_pca_components(WIDE, 64)
     exact = sk_ncti_components((WIDE - WIDE.mean(0)) @ components, WIDE_LABELS, variances)
     # The default randomized PCA is close to the exact one (the reference's own spread is ~0.3 %).
@@ -503,7 +512,7 @@ def np_pactran_gauss(features, labels, lda_factor=1.0, seed=0):
 NLEEP_FEATURES, NLEEP_LABELS = _nleep_task(np.random.default_rng(21))
 
 
-def test_nleep_leep_on_responsibilities():
+def test_nleep_leep_on_responsibilities(one_thread):
     from sklearn.mixture import GaussianMixture
 
     from mspider_jax.metrics import leep as leep_lib
@@ -518,7 +527,7 @@ def test_nleep_leep_on_responsibilities():
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_gmm_em_matches_sklearn_from_identical_start(covariance_type):
+def test_gmm_em_matches_sklearn_from_identical_start(covariance_type, one_thread):
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
@@ -557,7 +566,7 @@ def test_gmm_sparse_m_step_is_exact_when_responsibilities_are_sparse(rng):
                 np.testing.assert_allclose(np.asarray(sparse), np.asarray(jax.jit(_gmm._scatter_dense)(*args)), rtol=1e-10, atol=1e-12)
 
 
-def test_kmeans_matches_sklearn_from_identical_centres():
+def test_kmeans_matches_sklearn_from_identical_centres(one_thread):
     from sklearn.cluster import KMeans
 
     from mspider_jax.metrics import _gmm
@@ -572,7 +581,7 @@ def test_kmeans_matches_sklearn_from_identical_centres():
     assert len({tuple(r) for r in seeds}) == 6 and all((x == r).all(1).any() for r in seeds)  # K distinct points
 
 
-def test_nleep_pca_rule_and_component_counts():
+def test_nleep_pca_rule_and_component_counts(one_thread):
     from sklearn.decomposition import PCA
 
     from mspider_jax.metrics import nleep
@@ -584,7 +593,7 @@ def test_nleep_pca_rule_and_component_counts():
     assert nleep.num_mixture_components("model_spider", 300, 100) == 60  # min(C, 0.2N) wins when N < 10C
 
 
-def test_nleep_end_to_end_within_sklearn_band():
+def test_nleep_end_to_end_within_sklearn_band(one_thread):
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
@@ -598,9 +607,6 @@ def test_nleep_end_to_end_within_sklearn_band():
     assert abs(np.mean(ours) - np.mean(reference)) < 3 * spread + 1e-3
     assert np.std(ours) > 0  # the key matters (k-means++ seeding), deterministically:
     assert ours[2] == metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, key=jax.random.key(2))
-    # score_zoo runs N-LEEP model by model (its PCA dimension is data-dependent).
-    zoo = metrics.score_zoo("nleep", features=[NLEEP_FEATURES, NLEEP_FEATURES], labels=NLEEP_LABELS)
-    np.testing.assert_array_equal(zoo, [ours[0], ours[0]])
 
 
 def test_nleep_errors():
@@ -670,7 +676,7 @@ def test_pactran_gauss_matches_scipy_lbfgs():
 # Cross-cutting: score_zoo (vmap) vs loop, jit vs eager, float32 vs float64.
 
 
-@pytest.mark.parametrize("name", ["sfda", "ped", "otce"])
+@pytest.mark.parametrize("name", ["ped", "otce"])  # (SFDA runs inside PED)
 def test_score_zoo_equals_loop(rng, name):
     if name == "otce":
         base, extra = OT_INPUTS["features"], {"source_labels": OT_SOURCE_LABELS}
