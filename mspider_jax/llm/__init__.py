@@ -1,1 +1,1 @@
-"""Model Spider for a zoo of Large Language Models, on public leaderboard scores (see `llm.data`)."""
+"""Model Spider for a zoo of Large Language Models on public leaderboard scores (`llm.data`)."""

@@ -70,7 +70,8 @@ def knn_prior(train_truth: np.ndarray, train_embeddings: np.ndarray, query_embed
     if not 1 <= k <= train_truth.shape[0]:
         raise ValueError(f"k must be in 1..{train_truth.shape[0]}, got {k}")
     if train_embeddings.shape[0] != train_truth.shape[0]:
-        raise ValueError(f"{train_embeddings.shape[0]} embeddings for {train_truth.shape[0]} training tasks")
+        raise ValueError(f"{train_embeddings.shape[0]} embeddings for {train_truth.shape[0]} "
+                         "training tasks")
     ranks = normalised_ranks(train_truth)
     fallback = ev.constant_prior(train_truth)
     similarity = cosine_similarity(query_embeddings, train_embeddings)

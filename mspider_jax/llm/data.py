@@ -1,10 +1,10 @@
 """The LLM zoo: 197 public LLMs x 94 benchmark sub-tasks, their metadata and the task groups.
 
-Model Spider (Zhang et al., NeurIPS 2023, arXiv 2306.03900) ranks a zoo of pre-trained models for a new
-task; the paper also ranks Large Language Models. Here the zoo is the score table of Sloth (Maia Polo et
-al., arXiv 2412.06540; `data/llm/sloth_data_v1.csv`, MIT licence; provenance in data/README.md): 197
-LLMs (37 families, base and instruct) with scores (fraction correct, in [0, 1], higher = better) on 94
-sub-tasks of the Open LLM Leaderboard:
+Model Spider (Zhang et al., NeurIPS 2023, arXiv 2306.03900) ranks a zoo of pre-trained models for a
+new task; the paper also ranks Large Language Models. Here the zoo is the score table of Sloth (Maia
+Polo et al., arXiv 2412.06540; `data/llm/sloth_data_v1.csv`, MIT licence; provenance in
+data/README.md): 197 LLMs (37 families, base and instruct) with scores (fraction correct, in [0, 1],
+higher = better) on 94 sub-tasks of the Open LLM Leaderboard:
 
   group  sub-tasks  table columns
   mmlu   57         hendrycksTest-<subject>
@@ -21,10 +21,10 @@ The table's aggregate columns (MMLU, BBH, MATH Lvl 5, ...) are never read: they 
 groups that are held out in the evaluation.
 
 Conventions: every [T, M] array has tasks in table-column order and models in table-row order; model
-metadata (`model_metadata`) is what a user knows about a model without evaluating it: log parameters,
-log pre-training tokens (unknown for 13 models: imputed with the mean, plus an "unknown" flag),
-family one-hot (families with fewer than `min_family_size` reference models share "other") and the
-instruct flag.
+metadata (`model_metadata`) is what a user knows about a model without evaluating it: log
+parameters, log pre-training tokens (unknown for 13 models: imputed with the mean, plus an "unknown"
+flag), family one-hot (families with fewer than `min_family_size` reference models share "other")
+and the instruct flag.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ GROUP_PREFIXES: dict[str, str] = {
 GROUP_SIZES: dict[str, int] = {"mmlu": 57, "bbh": 24, "math": 7, "musr": 3, "gpqa": 3}
 
 # Leave-one-group-out evaluation: each fold holds out these groups and trains on all the others.
-FOLDS: dict[str, tuple[str, ...]] = {"bbh": ("bbh",), "math": ("math",), "musr_gpqa": ("musr", "gpqa")}
+FOLDS: dict[str, tuple[str, ...]] = {
+    "bbh": ("bbh",), "math": ("math",), "musr_gpqa": ("musr", "gpqa")}
 
 MODEL_COLUMN, FAMILY_COLUMN, INSTRUCT_COLUMN = "Model", "Family", "Instruct"
 PARAMS_COLUMN, TOKENS_COLUMN = "#Params (B)", "Pretraining Data Size (T)"
@@ -115,9 +116,10 @@ class LLMZoo:
         """The zoo restricted to these models (in this order)."""
         indices = np.asarray(indices, dtype=np.int64)
         return dataclasses.replace(
-            self, model_names=tuple(self.model_names[i] for i in indices), scores=self.scores[:, indices],
-            params_b=self.params_b[indices], tokens_t=self.tokens_t[indices],
-            families=tuple(self.families[i] for i in indices), instruct=self.instruct[indices])
+            self, model_names=tuple(self.model_names[i] for i in indices),
+            scores=self.scores[:, indices], params_b=self.params_b[indices],
+            tokens_t=self.tokens_t[indices], families=tuple(self.families[i] for i in indices),
+            instruct=self.instruct[indices])
 
 
 def _number(text: str, what: str, line: int, path) -> float:
@@ -153,7 +155,8 @@ def load_zoo(path: str | os.PathLike = DEFAULT_TABLE, *, drop_unlabelled: bool =
         groups = [task_group(c) for c in task_names]
         for group, size in GROUP_SIZES.items():
             if groups.count(group) != size:
-                raise ValueError(f"{path}: {groups.count(group)} columns of group {group!r}, expected {size}")
+                raise ValueError(f"{path}: {groups.count(group)} columns of group {group!r}, "
+                                 f"expected {size}")
         names, families, instruct, params, tokens, scores = [], [], [], [], [], []
         for line, row in enumerate(reader, start=2):
             name = row[MODEL_COLUMN].strip()
@@ -165,7 +168,8 @@ def load_zoo(path: str | os.PathLike = DEFAULT_TABLE, *, drop_unlabelled: bool =
             families.append(row[FAMILY_COLUMN].strip() or "unknown")
             flag = row[INSTRUCT_COLUMN].strip().lower()
             if flag not in ("true", "false"):
-                raise ValueError(f"{path}:{line}: Instruct={row[INSTRUCT_COLUMN]!r} is not True/False")
+                raise ValueError(
+                    f"{path}:{line}: Instruct={row[INSTRUCT_COLUMN]!r} is not True/False")
             instruct.append(flag == "true")
             params.append(_number(row[PARAMS_COLUMN], PARAMS_COLUMN, line, path))
             text = row[TOKENS_COLUMN].strip()
@@ -180,14 +184,15 @@ def load_zoo(path: str | os.PathLike = DEFAULT_TABLE, *, drop_unlabelled: bool =
                     raise ValueError(f"{path}:{line}: {task}={value} is outside [0, 1]")
                 values.append(value)
             scores.append(values)
-    zoo = LLMZoo(tuple(names), tuple(task_names), tuple(groups), np.asarray(scores, np.float64).T.copy(),
-                 np.asarray(params), np.asarray(tokens), tuple(families), np.asarray(instruct, bool))
+    zoo = LLMZoo(tuple(names), tuple(task_names), tuple(groups),
+                 np.asarray(scores, np.float64).T.copy(), np.asarray(params), np.asarray(tokens),
+                 tuple(families), np.asarray(instruct, bool))
     if drop_unlabelled:
         zoo = zoo.select_models(np.flatnonzero(~np.isnan(zoo.scores).all(axis=0)))
     return zoo
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Model metadata
 
 
@@ -211,20 +216,23 @@ def _standardise(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (values - mean) / (std if std > 0 else 1.0)
 
 
-def model_metadata(zoo: LLMZoo, *, reference: np.ndarray | None = None, min_family_size: int = 3) -> Metadata:
+def model_metadata(zoo: LLMZoo, *, reference: np.ndarray | None = None,
+                   min_family_size: int = 3) -> Metadata:
     """Metadata features of every model of the zoo (what is known without evaluating a model).
 
     Args:
       zoo: the zoo.
-      reference: [M] bool, the models that define the standardisation (mean/std of the log sizes) and
-        the family vocabulary, e.g. the models seen in training; default all. A family gets its own
-        column only if it has >= `min_family_size` reference models: a column without any training
-        model would keep its random initial weights and add noise to an unseen model's token.
+      reference: [M] bool, the models that define the standardisation (mean/std of the log sizes)
+        and the family vocabulary, e.g. the models seen in training; default all. A family gets its
+        own column only if it has >= `min_family_size` reference models: a column without any
+        training model would keep its random initial weights and add noise to an unseen model's
+        token.
       min_family_size: see above; smaller families share the "family=other" column.
 
     Returns:
       `Metadata` with features [M, K]: log_params and log_tokens standardised over the reference
-      models (unknown tokens -> 0, the mean, with tokens_unknown = 1), instruct in {0, 1}, family one-hot.
+      models (unknown tokens -> 0, the mean, with tokens_unknown = 1), instruct in {0, 1}, family
+      one-hot.
     """
     reference = np.ones(zoo.num_models, bool) if reference is None else np.asarray(reference, bool)
     if reference.shape != (zoo.num_models,) or not reference.any():
@@ -242,19 +250,19 @@ def model_metadata(zoo: LLMZoo, *, reference: np.ndarray | None = None, min_fami
     one_hot = np.zeros((zoo.num_models, len(vocabulary) + 1))
     for row, family in enumerate(zoo.families):
         one_hot[row, column.get(family, len(vocabulary))] = 1.0
-    features = np.column_stack([log_params, np.where(unknown_tokens, 0.0, log_tokens), unknown_tokens,
-                                zoo.instruct, one_hot]).astype(np.float32)
+    features = np.column_stack([log_params, np.where(unknown_tokens, 0.0, log_tokens),
+                                unknown_tokens, zoo.instruct, one_hot]).astype(np.float32)
     names = ("log_params", "log_tokens", "tokens_unknown", "instruct",
              *(f"family={f}" for f in vocabulary), "family=other")
     return Metadata(features, names)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Task tokens and task sets
 
 
 def read_descriptions(path: str | os.PathLike = DEFAULT_DESCRIPTIONS) -> dict[str, tuple[str, str]]:
-    """task -> (group, description) from `data/llm/task_descriptions.csv` (written for this project)."""
+    """task -> (group, description) from data/llm/task_descriptions.csv (written for this repo)."""
     descriptions = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -296,14 +304,15 @@ def load_task_prototypes(path: str | os.PathLike = DEFAULT_BANK, *, text: str = 
     return tasks
 
 
-def task_set(zoo: LLMZoo, task_indices: Sequence[int], prototypes: Mapping[str, prototypes_lib.TaskPrototypes],
-             *, hidden_models: np.ndarray | None = None) -> spider_data.TaskSet:
+def task_set(zoo: LLMZoo, task_indices: Sequence[int],
+             prototypes: Mapping[str, prototypes_lib.TaskPrototypes], *,
+             hidden_models: np.ndarray | None = None) -> spider_data.TaskSet:
     """A Model Spider `TaskSet` of some sub-tasks: performance = scores, NaN (masked) where missing.
 
     Args:
       task_indices: sub-tasks of the zoo to include.
       prototypes: sub-task name -> task-token prototypes (`load_task_prototypes`).
-      hidden_models: [M] bool, models whose scores are hidden (set NaN), e.g. models held out as unseen.
+      hidden_models: [M] bool, models whose scores are hidden (set NaN), e.g. unseen models.
     """
     names = [zoo.task_names[i] for i in task_indices]
     missing = [name for name in names if name not in prototypes]

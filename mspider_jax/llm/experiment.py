@@ -13,21 +13,21 @@ Protocol (`run`), for each fold of `llm.data.FOLDS` (hold out {BBH}, {MATH}, {MU
      those inner folds of the mean weighted tau of their tasks. The k of the kNN baseline is chosen
      the same way. The held-out group is never seen before the final evaluation.
   2. The chosen candidate is retrained on all training tasks (fixed number of epochs; no early
-     stopping) and evaluated on the held-out tasks, beside the constant prior, the size prior and the
-     kNN prior (`llm.baselines`): weighted tau mean and bootstrap 95% CI over the held-out tasks,
-     top-1 regret (percentage points of the sub-task score) and top-1 hit rate.
+     stopping) and evaluated on the held-out tasks, beside the constant prior, the size prior and
+     the kNN prior (`llm.baselines`): weighted tau mean and bootstrap 95% CI over the held-out
+     tasks, top-1 regret (percentage points of the sub-task score) and top-1 hit rate.
   3. Unseen models: a seeded `config.llm.unseen_fraction` of the models is hidden from training
      (their scores masked, no learned vector: their token is the metadata projection alone); the
-     chosen candidate is retrained so and ranks them on the held-out tasks, beside the size prior and
-     a metadata prior (ridge from metadata to the constant prior of the seen models).
+     chosen candidate is retrained so and ranks them on the held-out tasks, beside the size prior
+     and a metadata prior (ridge from metadata to the constant prior of the seen models).
 Every ranking drops the models without a score on that task. Results go to workdir/results.json and
 results.md; each fold's final ranker is saved under workdir/<fold>/ (`checkpointing.load_ranker`).
 A fold whose results file exists is not recomputed (a killed run resumes fold by fold).
 
 Model tokens (`spider.tokens.ModelTokens`): learned vector + projection of the metadata of
-`llm.data.model_metadata` (config.model.tokens); in training, each model's learned vector is dropped
-with probability config.model.learned_token_dropout, so that the metadata path alone ranks models too
-(as it must for an unseen model, whose learned part is absent).
+`llm.data.model_metadata` (config.model.tokens); in training, each model's learned vector is
+dropped with probability config.model.learned_token_dropout, so that the metadata path alone ranks
+models too (as it must for an unseen model, whose learned part is absent).
 
 The training loop uses `spider.train_lib`'s batches, objective (Plackett-Luce loss masked on missing
 scores) and per-epoch cosine learning rate with Adam, the batch axis sharded over the local devices,
@@ -78,7 +78,7 @@ def knn_name(k: int) -> str:
     return f"kNN over task embeddings (k={k} chosen on validation)"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Hyper-parameter grid
 
 
@@ -115,10 +115,13 @@ def _cast(field: str, text: str, default: Any) -> Any:
     try:
         return type(default)(text)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"grid field {field}: cannot read {text!r} as {type(default).__name__}") from err
+        raise ValueError(f"grid field {field}: cannot read {text!r} as "
+                         f"{type(default).__name__}") from err
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with dotted fields replaced ({"optim.lr": 1e-3})."""
     config = copy.deepcopy(config)
     with config.unlocked():
         for dotted, value in overrides.items():
@@ -134,7 +137,7 @@ def describe(overrides: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training and scoring
 
 
@@ -164,13 +167,14 @@ def ranker_kwargs(config: ml_collections.ConfigDict, num_models: int, generic_di
         learned = np.zeros(num_models, bool)
     kwargs.update(model_metadata=np.asarray(metadata, np.float64).round(6).tolist(),
                   learned_models=learned.tolist(),
-                  learned_token_dropout=config.model.learned_token_dropout if learned.any() else 0.0)
+                  learned_token_dropout=(config.model.learned_token_dropout if learned.any()
+                                         else 0.0))
     return kwargs
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_step(graphdef: nnx.GraphDef, loss_name: str, listnet_temperature: float):
-    """A jitted (params, opt_state, batch, key, lr) -> (params, opt_state, loss), cached per architecture.
+    """A jitted (params, opt_state, batch, key, lr) -> (params, opt_state, loss), cached per ranker.
 
     The learning rate is an argument (optax.inject_hyperparams), not baked into the program, so the
     many short trainings of an experiment share one compilation.
@@ -193,9 +197,9 @@ def _adam() -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
 
 
-def train_ranker(config: ml_collections.ConfigDict, train: spider_data.TaskSet, kwargs: Mapping[str, Any]
-                 ) -> model_lib.Ranker:
-    """Trains a ranker on `train` for config.train.epochs epochs; returns it (deterministic eval mode).
+def train_ranker(config: ml_collections.ConfigDict, train: spider_data.TaskSet,
+                 kwargs: Mapping[str, Any]) -> model_lib.Ranker:
+    """Trains a ranker on `train` for config.train.epochs epochs and returns it.
 
     Same batches (`train_lib.training_batch`), objective (`train_lib.batch_objective`), optimiser
     (Adam without weight decay, config.optim's b1/b2/eps) and per-epoch cosine learning rate
@@ -211,7 +215,8 @@ def train_ranker(config: ml_collections.ConfigDict, train: spider_data.TaskSet, 
     params = sharding.replicate(state.to_pure_dict(), device_mesh)
     opt_state = _adam().init(params)
     # float32 arrays, as the step returns them: Python floats here would compile the step twice.
-    opt_state.hyperparams.update({name: jnp.float32(config.optim[name]) for name in ("b1", "b2", "eps")})
+    opt_state.hyperparams.update(
+        {name: jnp.float32(config.optim[name]) for name in ("b1", "b2", "eps")})
     opt_state = sharding.replicate(opt_state, device_mesh)
     train_step = _compiled_step(graphdef, config.loss.name, config.loss.listnet_temperature)
     batch_options = dict(model_dims=tuple(kwargs["model_dims"]), specific_length=1,
@@ -219,9 +224,12 @@ def train_ranker(config: ml_collections.ConfigDict, train: spider_data.TaskSet, 
                          available=np.zeros((len(train), len(train.model_names)), bool))
     base_key = jax.random.key(config.seed, impl="rbg")  # compiles much faster than threefry on CPU
     for step in range(total_steps):
-        batch = train_lib.training_batch(config, train, step, steps_per_epoch, batch_size, **batch_options)
-        params, opt_state, _ = train_step(params, opt_state, sharding.shard_batch(batch, device_mesh),
-                                          jax.random.fold_in(base_key, step), np.float32(schedule(step)))
+        batch = train_lib.training_batch(config, train, step, steps_per_epoch, batch_size,
+                                         **batch_options)
+        batch = sharding.shard_batch(batch, device_mesh)
+        params, opt_state, _ = train_step(params, opt_state, batch,
+                                          jax.random.fold_in(base_key, step),
+                                          np.float32(schedule(step)))
     return nnx.merge(graphdef, jax.device_get(params))
 
 
@@ -230,7 +238,8 @@ def score(ranker: model_lib.Ranker, tasks: spider_data.TaskSet) -> np.ndarray:
     return rank_lib.score_tasks(ranker, tasks, specific_length=1)
 
 
-def per_task_taus(performance: np.ndarray, scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+def per_task_taus(performance: np.ndarray, scores: np.ndarray,
+                  keep: np.ndarray | None = None) -> np.ndarray:
     """[T] weighted tau of each task over its evaluated models (and `keep` [M] if given)."""
     taus = []
     for truth, row in zip(performance, scores):
@@ -255,7 +264,7 @@ def summarise(performance: np.ndarray, scores: np.ndarray, task_names: Sequence[
             "note": note}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The experiment
 
 
@@ -269,7 +278,8 @@ class _Progress:
         self.done += 1
         elapsed = time.time() - self.start
         eta = elapsed / self.done * (self.total - self.done)
-        logging.info("[%d/%d trainings] %s | elapsed %.0fs, ETA %.0fs", self.done, self.total, what, elapsed, eta)
+        logging.info("[%d/%d trainings] %s | elapsed %.0fs, ETA %.0fs", self.done, self.total, what,
+                     elapsed, eta)
 
 
 def _task_embeddings(tasks: spider_data.TaskSet) -> np.ndarray:
@@ -282,9 +292,15 @@ def _inner_folds(fold: str) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def run_fold(config: ml_collections.ConfigDict, fold: str, zoo: llm_data.LLMZoo,
-             prototypes: Mapping[str, Mapping], candidates: Sequence[dict[str, Any]], progress: _Progress,
-             fold_dir: pathlib.Path) -> dict[str, Any]:
-    """Model selection, final training and evaluation of one held-out fold (see the module docstring)."""
+             prototypes: Mapping[str, Mapping], candidates: Sequence[dict[str, Any]],
+             progress: _Progress, fold_dir: pathlib.Path) -> dict[str, Any]:
+    """Model selection, final training and evaluation of one held-out fold (module docstring).
+
+    Args:
+      prototypes: task-text choice -> {sub-task: TaskPrototypes} (`llm.data.load_task_prototypes`).
+      candidates: override dicts of the hyper-parameter grid (`parse_grid`).
+      fold_dir: where the fold's final ranker is saved.
+    """
     held_out = zoo.task_indices(llm_data.FOLDS[fold])
     training = np.setdiff1d(np.arange(len(zoo.task_names)), held_out)
     metadata = llm_data.model_metadata(zoo, min_family_size=config.llm.min_family_size).features
@@ -301,9 +317,10 @@ def run_fold(config: ml_collections.ConfigDict, fold: str, zoo: llm_data.LLMZoo,
             val = zoo.task_indices(inner_groups)
             fit = np.setdiff1d(training, val)
             fit_tasks, val_tasks = tasks_of(cfg, fit), tasks_of(cfg, val)
-            ranker = train_ranker(cfg, fit_tasks, ranker_kwargs(cfg, zoo.num_models, fit_tasks.generic_dim,
-                                                                 metadata, None))
-            inner_means[inner_name] = float(per_task_taus(val_tasks.performance, score(ranker, val_tasks)).mean())
+            kwargs = ranker_kwargs(cfg, zoo.num_models, fit_tasks.generic_dim, metadata, None)
+            ranker = train_ranker(cfg, fit_tasks, kwargs)
+            taus = per_task_taus(val_tasks.performance, score(ranker, val_tasks))
+            inner_means[inner_name] = float(taus.mean())
             progress.step(f"fold {fold}: {describe(overrides)} on inner fold {inner_name}: "
                           f"val tau {inner_means[inner_name]:.3f}")
         selection.append({"overrides": overrides, "inner": inner_means,
@@ -335,13 +352,13 @@ def run_fold(config: ml_collections.ConfigDict, fold: str, zoo: llm_data.LLMZoo,
     _save_ranker(fold_dir, ranker, kwargs, zoo.model_names, chosen)
     truth, names = test_tasks.performance, test_tasks.names
     constant = ev.constant_prior(train_tasks.performance)
+    knn = baselines.knn_prior(train_tasks.performance, _task_embeddings(train_tasks),
+                              _task_embeddings(test_tasks), best_k)
     rows = {
         SPIDER: summarise(truth, score(ranker, test_tasks), names, note=describe(candidates[best])),
         CONSTANT: summarise(truth, constant, names),
         SIZE: summarise(truth, baselines.size_prior(zoo.params_b), names),
-        knn_name(best_k): summarise(truth, baselines.knn_prior(train_tasks.performance,
-                                                               _task_embeddings(train_tasks),
-                                                               _task_embeddings(test_tasks), best_k), names),
+        knn_name(best_k): summarise(truth, knn, names),
     }
 
     # 3. Unseen models: hidden from training, ranked through their metadata tokens.
@@ -372,10 +389,12 @@ def run_fold(config: ml_collections.ConfigDict, fold: str, zoo: llm_data.LLMZoo,
     return {
         "fold": fold, "held_out_groups": list(llm_data.FOLDS[fold]), "held_out_tasks": names,
         "num_training_tasks": len(train_tasks), "selection": selection,
-        "chosen": candidates[best], "knn_validation": {str(k): v for k, v in knn_validation.items()},
+        "chosen": candidates[best],
+        "knn_validation": {str(k): v for k, v in knn_validation.items()},
         "rows": rows,
         "unseen": {"models": [m for m, u in zip(zoo.model_names, unseen) if u],
-                   "evaluated_on_held_out": evaluated, "rows": unseen_rows, "all_models_rows": mixed_rows},
+                   "evaluated_on_held_out": evaluated, "rows": unseen_rows,
+                   "all_models_rows": mixed_rows},
     }
 
 
@@ -384,8 +403,9 @@ def _save_ranker(directory: pathlib.Path, ranker: model_lib.Ranker, kwargs: Mapp
     checkpoints = checkpointing.Checkpoints(directory / checkpointing.BEST_DIR, max_to_keep=1)
     try:
         params = jax.tree.map(jnp.asarray, nnx.split(ranker)[1].to_pure_dict())
-        checkpoints.save(0, params, {"step": 0, "model": dict(kwargs), "model_names": list(model_names),
-                                     "config": config.to_dict()})
+        meta = {"step": 0, "model": dict(kwargs), "model_names": list(model_names),
+                "config": config.to_dict()}
+        checkpoints.save(0, params, meta)
     finally:
         checkpoints.close()
 
@@ -394,29 +414,31 @@ def markdown(results: Mapping[str, Any]) -> str:
     """The results tables (held-out groups, then the unseen-model test)."""
     def fmt(row):
         tau = row["weighted_tau"]
-        return (f"{tau['mean']:.3f} [{tau['low']:.3f}, {tau['high']:.3f}] | {row['regret_points']:.2f} | "
-                f"{row['top1_hit']:.2f}")
+        return (f"{tau['mean']:.3f} [{tau['low']:.3f}, {tau['high']:.3f}] | "
+                f"{row['regret_points']:.2f} | {row['top1_hit']:.2f}")
 
-    lines = ["## Held-out groups (weighted tau mean [95% bootstrap CI over tasks]; top-1 regret in points)", ""]
-    lines += ["| held out | method | weighted tau | top-1 regret | top-1 hit |", "|---|---|---|---|---|"]
+    header = ["| held out | method | weighted tau | top-1 regret | top-1 hit |",
+              "|---|---|---|---|---|"]
+    lines = ["## Held-out groups (weighted tau mean [95% bootstrap CI over tasks]; top-1 regret in "
+             "points)", "", *header]
     for fold, result in results["folds"].items():
         n = len(result["held_out_tasks"])
         for name, row in result["rows"].items():
             lines.append(f"| {fold} ({n} tasks) | {name} | {fmt(row)} |")
-    lines += ["", "## Unseen models (hidden from training; ranked among themselves on the held-out tasks)", ""]
-    lines += ["| held out | method | weighted tau | top-1 regret | top-1 hit |", "|---|---|---|---|---|"]
+    lines += ["", "## Unseen models (hidden from training; ranked among themselves on the held-out "
+              "tasks)", "", *header]
     for fold, result in results["folds"].items():
         count = result["unseen"]["evaluated_on_held_out"]
         for name, row in result["unseen"]["rows"].items():
             lines.append(f"| {fold} ({count} unseen models) | {name} | {fmt(row)} |")
-    lines += ["", "### Same run, all models ranked together (seen + unseen)", ""]
-    lines += ["| held out | method | weighted tau | top-1 regret | top-1 hit |", "|---|---|---|---|---|"]
+    lines += ["", "### Same run, all models ranked together (seen + unseen)", "", *header]
     for fold, result in results["folds"].items():
         for name, row in result["unseen"]["all_models_rows"].items():
             lines.append(f"| {fold} | {name} | {fmt(row)} |")
     lines += ["", "## Model selection (mean validation weighted tau over the inner folds)", ""]
     for fold, result in results["folds"].items():
-        cells = ", ".join(f"{describe(s['overrides'])}: {s['validation_tau']:.3f}" for s in result["selection"])
+        cells = ", ".join(f"{describe(s['overrides'])}: {s['validation_tau']:.3f}"
+                          for s in result["selection"])
         lines.append(f"- {fold}: {cells}; chosen {describe(result['chosen'])}; kNN k: "
                      + ", ".join(f"{k}: {v:.3f}" for k, v in result["knn_validation"].items()))
     return "\n".join(lines) + "\n"
@@ -430,12 +452,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     zoo = llm_data.load_zoo(config.llm.table)
     candidates = parse_grid(config.llm.grid, config)
     text_choices = {with_overrides(config, c).llm.task_text for c in candidates}
-    prototypes = {text: llm_data.load_task_prototypes(config.llm.bank, text=text) for text in text_choices}
+    prototypes = {text: llm_data.load_task_prototypes(config.llm.bank, text=text)
+                  for text in text_choices}
     folds = list(config.llm.folds)
     unknown = sorted(set(folds) - set(llm_data.FOLDS))
     if unknown:
-        raise ValueError(f"config.llm.folds: unknown folds {unknown}; known: {sorted(llm_data.FOLDS)}")
-    train_lib._write_text_atomic(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        raise ValueError(f"config.llm.folds: unknown folds {unknown}; "
+                         f"known: {sorted(llm_data.FOLDS)}")
+    train_lib._write_text_atomic(workdir / "config.json",
+                                 json.dumps(config.to_dict(), indent=2, sort_keys=True))
     logging.info("LLM zoo: %d models x %d sub-tasks; folds %s; %d candidate(s)", zoo.num_models,
                  len(zoo.task_names), folds, len(candidates))
     progress = _Progress(len(folds) * (2 * len(candidates) + 2))
@@ -454,8 +479,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
         results["folds"][fold] = result
         for name, row in result["rows"].items():
             tau = row["weighted_tau"]
-            logging.info("fold %s | %-55s tau %.3f [%.3f, %.3f] regret %.2f", fold, name, tau["mean"],
-                         tau["low"], tau["high"], row["regret_points"])
+            logging.info("fold %s | %-55s tau %.3f [%.3f, %.3f] regret %.2f", fold, name,
+                         tau["mean"], tau["low"], tau["high"], row["regret_points"])
     results["seconds"] = time.time() - started
     train_lib._write_text_atomic(workdir / "results.json", json.dumps(results, indent=2))
     train_lib._write_text_atomic(workdir / "results.md", markdown(results))

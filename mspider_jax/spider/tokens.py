@@ -115,12 +115,12 @@ class ModelTokens(nnx.Module):
     Optional metadata (not in the paper): with `metadata` x [M, K], what is known about each PTM
     without running it (e.g. log size, family one-hot), the token is
       token_m = learned_m * theta_m + x_m A + b        (A, b: a PyTorch-style Linear K -> W),
-    and PTMs with learned_m = False (e.g. never seen in training) get their token from their metadata
-    alone, so a ranker can score models it was not trained on. With `learned_token_dropout` p > 0,
-    training (deterministic=False) zeroes each PTM's theta with probability p per call (no rescaling:
-    the metadata part must rank models on its own, as it does for an unseen model). The metadata and
-    the learned mask are static (tuples, not parameters): they are constructor arguments, saved with
-    checkpoints like the other ones.
+    and PTMs with learned_m = False (e.g. never seen in training) get their token from their
+    metadata alone, so a ranker can score models it was not trained on. With
+    `learned_token_dropout` p > 0, training (deterministic=False) zeroes each PTM's theta with
+    probability p per call (no rescaling: the metadata part must rank models on its own, as it
+    does for an unseen model). The metadata and the learned mask are static (tuples, not
+    parameters): they are constructor arguments, saved with checkpoints like the other ones.
     """
 
     def __init__(self, num_models: int, width: int, *, rngs: nnx.Rngs,
@@ -130,14 +130,17 @@ class ModelTokens(nnx.Module):
         if learned is not None and len(learned) != num_models:
             raise ValueError(f"learned has {len(learned)} entries for {num_models} models")
         if not 0.0 <= learned_token_dropout < 1.0:
-            raise ValueError(f"learned_token_dropout must be in [0, 1), got {learned_token_dropout}")
+            raise ValueError(
+                f"learned_token_dropout must be in [0, 1), got {learned_token_dropout}")
         if metadata is None and learned is not None and not all(learned):
             raise ValueError("models without a learned vector (learned=False) need metadata")
         if metadata is None and learned_token_dropout:
             raise ValueError("learned_token_dropout needs metadata (a dropped token would be zero)")
         table = None if metadata is None else np.asarray(metadata, np.float64)
-        if table is not None and (table.ndim != 2 or table.shape[0] != num_models or table.shape[1] < 1):
-            raise ValueError(f"metadata must be [M={num_models}, K >= 1], got shape {table.shape}")
+        if table is not None and (table.ndim != 2 or table.shape[0] != num_models
+                                  or table.shape[1] < 1):
+            raise ValueError(
+                f"metadata must be [M={num_models}, K >= 1], got shape {table.shape}")
         if table is not None and not np.isfinite(table).all():
             raise ValueError("metadata contains NaN or inf; impute missing values first")
         self.embedding = nnx.Param(jax.random.normal(rngs.params(), (num_models, width)))
@@ -155,7 +158,8 @@ class ModelTokens(nnx.Module):
         keep = None if self.learned is None else jnp.asarray(self.learned, tokens.dtype)
         if not deterministic and self.learned_token_dropout:
             if rngs is None:
-                raise ValueError("learned-token dropout in training needs rngs with a dropout stream")
+                raise ValueError(
+                    "learned-token dropout in training needs rngs with a dropout stream")
             kept = jax.random.bernoulli(rngs.dropout(), 1.0 - self.learned_token_dropout,
                                         (tokens.shape[0],)).astype(tokens.dtype)
             keep = kept if keep is None else keep * kept
