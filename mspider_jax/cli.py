@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A sub-command that sets the default `_extra_args=True` receives unknown options as
+    # `args.extra_args` (e.g. `mspider benchmark ... --config.spider.retrain=True`).
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
     if args.command is None:
         parser.print_help()
         return 2

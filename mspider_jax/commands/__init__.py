@@ -16,4 +16,5 @@ COMMANDS: tuple[str, ...] = (
     "metrics",
     "rank",
     "add-model",
+    "benchmark",
 )
