@@ -708,3 +708,19 @@ def test_float32_default_matches_float64():
     f64 = metrics.score("gbc", features=features, labels=LABELS, projection=PROJECTION)
     f32 = metrics.score("gbc", features=features.astype(np.float32), labels=LABELS, projection=PROJECTION)
     assert _rel(f32, f64) < 1e-4
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_gmm_mahalanobis_handles_one_dimensional_projections(dim):
+    """N-LEEP's PCA can keep a single component (d = 1); the blocked triangular E-step split at
+    h = d // 2 = 0 must still give ‖(x_i - μ_k)ᵀU_k‖² (it raised ZeroDivisionError before)."""
+    from mspider_jax.metrics import _gmm
+
+    rng = np.random.default_rng(dim)
+    x, means = rng.normal(size=(9, dim)), rng.normal(size=(6, dim))
+    prec_chol = np.triu(rng.normal(size=(6, dim, dim))) + 3.0 * np.eye(dim)
+    expected = np.array([[np.sum(((x[i] - means[k]) @ prec_chol[k]) ** 2) for k in range(6)]
+                         for i in range(9)])
+    with L.precision_scope():
+        got = _gmm._mahalanobis_full(jnp.asarray(x), jnp.asarray(prec_chol), jnp.asarray(means))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10)

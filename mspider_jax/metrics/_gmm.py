@@ -256,8 +256,9 @@ def _mahalanobis_full(x: jax.Array, prec_chol: jax.Array, means: jax.Array) -> j
     h = d // 2
     x1, x2 = x[:, :h], x[:, h:]
 
-    def flat(a):  # [B, r, c] -> [r, B·c] in x's dtype
-        return jnp.transpose(a, (1, 0, 2)).reshape(a.shape[1], -1).astype(x.dtype)
+    def flat(a):  # [B, r, c] -> [r, B·c] in x's dtype (explicit sizes: r = 0 when d = 1)
+        return jnp.transpose(a, (1, 0, 2)).reshape(a.shape[1], a.shape[0] * a.shape[2]).astype(
+            x.dtype)
 
     def one_block(args):
         u_block, mu_u_block = args  # [B, d, d], [B, d]
