@@ -274,3 +274,18 @@ def test_benchmark_command_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # other commands still reject unknown options
         cli.main(["info", "--config.x=1"])
     assert cli.main(["rank", "--checkpoint", str(tmp_path), "--dataset", "x"]) == 2
+
+
+@pytest.mark.parametrize("name", ["benchmark_single_source", "benchmark_multi_source"])
+def test_paper_zoo_configs_cover_their_targets(name):
+    """The paper-zoo configs name ground truth for every target and model, and a prior."""
+    import importlib
+
+    from mspider_jax.benchmark import runner
+
+    config = importlib.import_module(f"configs.{name}").get_config("store=/nowhere")
+    datasets, truth = runner.read_truth(config.ground_truth, config.models, config.datasets)
+    assert datasets == list(config.datasets) and not np.isnan(truth).any()
+    tasks, prior = runner.read_truth(config.prior_ground_truth, config.models)
+    assert len(tasks) >= 10 and np.isfinite(ev.constant_prior(prior)).all()
+    assert config.spider.train.data.targets.store == "/nowhere"

@@ -236,9 +236,13 @@ def _score_dataset(store, dataset: str, models: Sequence[str], settings: _Settin
             try:
                 values = M.score_zoo(name, labels=zoo.labels, convention=settings.convention,
                                      key=jax.random.key(settings.seed), **kwargs, **options)
-            except ValueError as err:
+            except ValueError as err:  # the metric refuses these inputs (documented errors)
                 out["errors"][name] = str(err)
                 log.warning("%s on %s failed: %s", name, dataset, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - a bug in one metric must not end the run
+                out["errors"][name] = f"unexpected {type(err).__name__}: {err}"
+                log.exception("%s on %s raised", name, dataset)
                 continue
             per_model = (time.perf_counter() - start) / len(missing)
             for model, value in zip(missing, values):
