@@ -609,6 +609,21 @@ def test_nleep_end_to_end_within_sklearn_band(one_thread):
     assert ours[2] == metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, key=jax.random.key(2))
 
 
+def test_nleep_zero_padded_projection_is_exact(one_thread):
+    """Padding the PCA scores with zero columns (shared compiles across k) leaves the score unchanged."""
+    from mspider_jax.metrics import nleep
+
+    projected = nleep.pca_to_variance_ratio(jnp.asarray(NLEEP_FEATURES, jnp.float32))
+    padded = nleep.pca_to_variance_ratio(jnp.asarray(NLEEP_FEATURES, jnp.float32), pad_to_multiple=16)
+    assert padded.shape[1] % 16 == 0 and padded.shape[1] > projected.shape[1]
+    np.testing.assert_array_equal(padded[:, : projected.shape[1]], projected)
+    for covariance_type in ("full", "diag"):
+        scores = [nleep.nleep_from_projection(x, jnp.asarray(NLEEP_LABELS), jax.random.key(3), num_classes=3,
+                                              num_components=15, covariance_type=covariance_type)
+                  for x in (projected, padded)]
+        np.testing.assert_allclose(float(scores[1]), float(scores[0]), rtol=1e-4)  # float32 E-step sums
+
+
 def test_nleep_errors():
     with pytest.raises(ValueError, match="K=300 components needs N >= K"):
         metrics.score("nleep", features=NLEEP_FEATURES, labels=NLEEP_LABELS, num_components=300)

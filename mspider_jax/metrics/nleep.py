@@ -25,7 +25,12 @@ NumPy's global RNG); deterministic given `key`.
 Static shapes: k depends on the spectrum, so the registered function is a thin host-side wrapper:
 a compiled PCA stage, k read on the host, then a compiled stage (`nleep_from_projection`, jit- and
 vmap-able for a fixed k) for the mixture and LEEP. `score_zoo` therefore runs models one by one for
-this metric (each model's k may differ anyway).
+this metric. The projection is zero-padded to a multiple of `PROJECTION_BUCKET` columns so that
+models with nearby k share one compiled mixture stage (compiling it costs seconds, more than the fit
+on a small task). The padding is exact: a zero column has mean 0 and variance reg_covar in every
+component and no covariance with the other columns, so it adds the same constant to every
+component's log-density and leaves the k-means distances, the responsibilities and the convergence
+test (a difference of lower bounds) unchanged.
 
 Precision policy: covariance eigendecomposition in float64 when available; the projected features
 are rounded to the input dtype (float32 from torch, like sklearn's PCA output on float32 input),
@@ -48,6 +53,7 @@ from mspider_jax.metrics._registry import MetricSpec, register
 from mspider_jax.metrics.leep import leep_from_probabilities
 
 VARIANCE_RATIO = 0.8
+PROJECTION_BUCKET = 8
 PAPER_COMPONENTS_PER_CLASS = 5
 
 
@@ -76,13 +82,18 @@ def _project(features: jax.Array, components: jax.Array, mean: jax.Array, num_ke
     return projected.astype(L.compute_dtype(features))
 
 
-def pca_to_variance_ratio(features: jax.Array, ratio: float = VARIANCE_RATIO) -> jax.Array:
-    """features [N, D] -> centred PCA scores [N, k] keeping `ratio` of the variance (input dtype)."""
+def pca_to_variance_ratio(features: jax.Array, ratio: float = VARIANCE_RATIO, pad_to_multiple: int = 1) -> jax.Array:
+    """features [N, D] -> centred PCA scores [N, k] keeping `ratio` of the variance (input dtype).
+
+    With pad_to_multiple = b > 1, zero columns are appended up to the next multiple of b.
+    """
     variance, components, mean = _pca_spectrum(features)
     if not float(jnp.sum(variance)) > 0:
         raise ValueError("nleep: the features have zero variance; PCA is undefined")
     num_kept = kept_components(np.asarray(variance), ratio)
-    return _project(features, components, mean, num_kept)
+    projected = _project(features, components, mean, num_kept)
+    padding = -num_kept % max(int(pad_to_multiple), 1)
+    return jnp.pad(projected, ((0, 0), (0, padding))) if padding else projected
 
 
 @functools.partial(
@@ -134,7 +145,7 @@ def nleep(
     if covariance_type not in _gmm.COVARIANCE_TYPES:
         raise ValueError(f"nleep: covariance_type must be one of {_gmm.COVARIANCE_TYPES}, got {covariance_type!r}")
     key = jax.random.key(0) if key is None else key
-    projected = pca_to_variance_ratio(features, variance_ratio)
+    projected = pca_to_variance_ratio(features, variance_ratio, PROJECTION_BUCKET)
     return nleep_from_projection(
         projected, jnp.asarray(labels), key, num_classes=num_classes, num_components=k, convention=convention,
         covariance_type=covariance_type, reg_covar=reg_covar, tol=tol, max_iter=max_iter,
