@@ -238,6 +238,19 @@ def test_sfda_float32_default_call_with_offset():
     assert _rel(metrics.score("sfda", features=f32, labels=LABELS), expected) < 1e-4
 
 
+
+def test_sfda_float32_rank_deficient_features_stay_finite():
+    """Features of rank 30 in 128 dimensions (shrinkage at its 1e-10 floor): the float32 Gram leaves
+    the shrunk within-class covariance indefinite by rounding; the score must still match float64."""
+    rng = np.random.default_rng(5)
+    labels = np.arange(1000) % 10
+    latent = rng.normal(size=(10, 30))[labels] + rng.normal(size=(1000, 30))
+    features = latent @ rng.normal(size=(30, 128))
+    got32 = metrics.score("sfda", features=features.astype(np.float32), labels=labels)
+    got64 = metrics.score("sfda", features=features, labels=labels)
+    assert np.isfinite(got32) and 0 < got64 <= 1
+    assert _rel(got32, got64) < 1e-3
+
 def test_sfda_power_iteration_is_three_steps(rng):
     a = rng.normal(size=(6, 6))
     a = a @ a.T

@@ -38,6 +38,7 @@ from mspider_jax.metrics._registry import MetricSpec, register
 
 # Reference constants (spec §10.1).
 POWER_ITERATIONS = 3
+CONDITION_FLOOR = 1e-12  # relative eigenvalue floor when the shrunk covariance is numerically indefinite
 SHRINKAGE_FLOOR = 1e-10
 SHRINKAGE_RATE = 5.0
 
@@ -96,6 +97,26 @@ def shrink(cov: jax.Array, shrinkage: jax.Array) -> jax.Array:
     return (1.0 - shrinkage) * cov + shrinkage * (jnp.trace(cov) / d) * jnp.eye(d, dtype=cov.dtype)
 
 
+def _solve_spd(cov: jax.Array, rhs: jax.Array) -> jax.Array:
+    """cov⁻¹·rhs by Cholesky; where the factorisation fails, through the eigendecomposition with the
+    eigenvalues floored at CONDITION_FLOOR·λ_max.
+
+    Why: with large features s reaches its 1e-10 floor, and a within-class covariance from a float32
+    Gram whose features include dead (constant) units is then indefinite by rounding, where the
+    reference's float64 covariance is not. A constant unit has the same value in every class mean,
+    so the floor value of its direction only shifts all logits equally.
+    """
+    chol = jnp.linalg.cholesky(cov)
+    coef = jsp.linalg.cho_solve((chol, True), rhs)
+
+    def by_eigh(_):
+        values, vectors = jnp.linalg.eigh(cov)
+        values = jnp.maximum(values, CONDITION_FLOOR * jnp.max(values))
+        return vectors @ ((vectors.T @ rhs) / values[:, None])
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(coef)), lambda _: coef, by_eigh, None)
+
+
 def shrunk_lda_log_proba(
     x: jax.Array, within_cov: jax.Array, means: jax.Array, counts: jax.Array, shrinkage: jax.Array
 ) -> jax.Array:
@@ -110,8 +131,7 @@ def shrunk_lda_log_proba(
       [N, C] log probabilities in high_dtype().
     """
     cov = shrink(within_cov, shrinkage)
-    chol = jnp.linalg.cholesky(cov)
-    coef = jsp.linalg.cho_solve((chol, True), means.T)  # [D, C]
+    coef = _solve_spd(cov, means.T)  # [D, C]
     log_prior = jnp.log(counts / jnp.sum(counts))
     # Centre x by the class-mean average before the product: logits are shift-covariant per class
     # (the shift only adds a per-class constant, folded into the bias), and the centred product is
