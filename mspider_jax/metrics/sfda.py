@@ -22,7 +22,9 @@ remaps them) with at least 2 classes.
 Precision policy: class-centred features (x_i - μ_{y_i}, so Σ_w = ZᵀZ/N needs no cancelling
 subtraction) go through the O(N·D²) Gram in the input dtype, and ConfMix writes the input dtype like
 the reference; the shrinkage, the Cholesky solve, the logits and the softmaxes run in float64 when
-available (`_linalg.precision_scope`).
+available (`_linalg.precision_scope`). With a float32 Gram, s is floored at 1e-6 instead of 1e-10
+(FLOAT32_SHRINKAGE_FLOOR: below the Gram's rounding level, rank-deficient features give an
+indefinite covariance and a NaN score); the float64 path follows the reference exactly.
 
 Complexity: two Grams O(N·D²), two Cholesky factorisations O(D³), logits O(N·D·C); memory O(N·D + D²).
 """
@@ -38,7 +40,7 @@ from mspider_jax.metrics._registry import MetricSpec, register
 
 # Reference constants (spec §10.1).
 POWER_ITERATIONS = 3
-CONDITION_FLOOR = 1e-12  # relative eigenvalue floor when the shrunk covariance is numerically indefinite
+FLOAT32_SHRINKAGE_FLOOR = 1e-6  # s floor when Σ_w comes from a float32 Gram (its rounding level)
 SHRINKAGE_FLOOR = 1e-10
 SHRINKAGE_RATE = 5.0
 
@@ -97,26 +99,6 @@ def shrink(cov: jax.Array, shrinkage: jax.Array) -> jax.Array:
     return (1.0 - shrinkage) * cov + shrinkage * (jnp.trace(cov) / d) * jnp.eye(d, dtype=cov.dtype)
 
 
-def _solve_spd(cov: jax.Array, rhs: jax.Array) -> jax.Array:
-    """cov⁻¹·rhs by Cholesky; where the factorisation fails, through the eigendecomposition with the
-    eigenvalues floored at CONDITION_FLOOR·λ_max.
-
-    Why: with large features s reaches its 1e-10 floor, and a within-class covariance from a float32
-    Gram whose features include dead (constant) units is then indefinite by rounding, where the
-    reference's float64 covariance is not. A constant unit has the same value in every class mean,
-    so the floor value of its direction only shifts all logits equally.
-    """
-    chol = jnp.linalg.cholesky(cov)
-    coef = jsp.linalg.cho_solve((chol, True), rhs)
-
-    def by_eigh(_):
-        values, vectors = jnp.linalg.eigh(cov)
-        values = jnp.maximum(values, CONDITION_FLOOR * jnp.max(values))
-        return vectors @ ((vectors.T @ rhs) / values[:, None])
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(coef)), lambda _: coef, by_eigh, None)
-
-
 def shrunk_lda_log_proba(
     x: jax.Array, within_cov: jax.Array, means: jax.Array, counts: jax.Array, shrinkage: jax.Array
 ) -> jax.Array:
@@ -130,8 +112,15 @@ def shrunk_lda_log_proba(
     Returns:
       [N, C] log probabilities in high_dtype().
     """
+    if L.compute_dtype(x) == jnp.float32:
+        # The reference's s floor is 1e-10 on a float64 covariance. A float32 Gram of rank-deficient
+        # features (s at the floor when the features are large) is indefinite by rounding, far above
+        # that: its Cholesky factor would be NaN. Floor s at the Gram's rounding level instead; where
+        # the reference's s is larger (the usual case) nothing changes.
+        shrinkage = jnp.maximum(shrinkage, FLOAT32_SHRINKAGE_FLOOR)
     cov = shrink(within_cov, shrinkage)
-    coef = _solve_spd(cov, means.T)  # [D, C]
+    chol = jnp.linalg.cholesky(cov)
+    coef = jsp.linalg.cho_solve((chol, True), means.T)  # [D, C]
     log_prior = jnp.log(counts / jnp.sum(counts))
     # Centre x by the class-mean average before the product: logits are shift-covariant per class
     # (the shift only adds a per-class constant, folded into the bias), and the centred product is
