@@ -157,8 +157,8 @@ def plot_scatter(data, dataset_index: int, table: ev.Table, path: pathlib.Path) 
     names = list(data.scores) + list(data.priors)
     columns = min(5, len(names))
     rows = math.ceil(len(names) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 2.5 * rows), dpi=90,
-                             squeeze=False)
+    height = 2.5 * rows + 0.5  # inches; the top 0.75 hold the figure title and the two-line axis titles
+    fig, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, height), dpi=90, squeeze=False)
     best = np.flatnonzero(known & (truth == np.nanmax(truth)))
     for axis, name in zip(axes.flat, names):
         values = data.scores[name][dataset_index] if name in data.scores else data.priors[name]
@@ -175,7 +175,7 @@ def plot_scatter(data, dataset_index: int, table: ev.Table, path: pathlib.Path) 
     fig.suptitle(f"{dataset}: scores vs ground truth ({int(known.sum())} PTMs; red = best)",
                  fontsize=10)
     # Fixed margins: tight_layout would measure every label (seconds per figure on a busy CPU).
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1 / rows ** 0.5, top=1 - 0.16 / rows,
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1 / rows ** 0.5, top=1 - 0.75 / height,
                         wspace=0.35, hspace=0.75)
     try:
         return _io.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
