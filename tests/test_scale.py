@@ -177,6 +177,32 @@ def test_sharded_zoo_equals_single_device(name):
     assert _rel(sharded, single) < 1e-9, (sharded, single)
 
 
+
+_SEVERAL_MODELS_PER_DEVICE = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import numpy as np
+    from mspider_jax import metrics as M, sharding
+    import jax
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, 1000)
+    zoo = [rng.normal(size=(1000, 64)).astype(np.float32) for m in range(8)]
+    for name in ("hscore", "logme", "sfda"):
+        sharded = M.score_zoo(name, features=zoo, labels=labels, mesh=sharding.mesh())
+        single = M.score_zoo(name, features=zoo, labels=labels, mesh=sharding.mesh(jax.devices()[:1]))
+        assert np.allclose(sharded, single, rtol=1e-5), (name, sharded, single)
+    print("ok")
+""")
+
+
+def test_several_models_per_fake_cpu_device_do_not_deadlock():
+    """8 models on 4 CPU devices of one host (2 per device): batched LAPACK calls on every
+    device at once deadlocked the shared thread pool; a subprocess turns a hang into a failure."""
+    result = subprocess.run([sys.executable, "-c", _SEVERAL_MODELS_PER_DEVICE], capture_output=True,
+                            text=True, timeout=180, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
 def test_model_axis_is_split_over_the_mesh():
     mesh = sharding.mesh()
     assert sharding.round_up(3, mesh) == 4

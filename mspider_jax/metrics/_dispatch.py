@@ -312,11 +312,26 @@ def _compiled_sharded(
     def call(traced: dict[str, Any]) -> Any:
         return spec.fn(**traced, **static)
 
-    per_device = jax.vmap(call, in_axes=({n: (0 if n in batched else None) for n in traced_names},))
+    if _host_devices_share_cores(device_mesh):
+        # Several CPU "devices" of one host share its intra-op thread pool: a batched custom call
+        # (LAPACK eigh/cholesky over a vmapped model axis) on each device at once waits for pool
+        # threads the other devices hold, and the run deadlocks (jax 0.10, 2 cores, 2+ devices, 2+
+        # models per device). One model at a time per device (lax.map) avoids the batched calls.
+        def per_device(traced: dict[str, Any]) -> Any:
+            fixed = {n: traced[n] for n in traced_names if n not in batched}
+            return jax.lax.map(lambda rows: call({**fixed, **rows}), {n: traced[n] for n in batched})
+    else:
+        per_device = jax.vmap(call, in_axes=({n: (0 if n in batched else None) for n in traced_names},))
     in_specs = ({n: (PartitionSpec(axis) if n in batched else PartitionSpec()) for n in traced_names},)
     fn = jax.jit(jax.shard_map(per_device, mesh=device_mesh, in_specs=in_specs, out_specs=PartitionSpec(axis), check_vma=False))
     _COMPILED[cache_key] = fn
     return fn
+
+
+def _host_devices_share_cores(device_mesh: Mesh) -> bool:
+    """True for a mesh of several CPU devices of one process (e.g. --xla_force_host_platform_device_count)."""
+    devices = list(device_mesh.devices.flat)
+    return len(devices) > 1 and all(d.platform == "cpu" for d in devices)
 
 
 def _replicate_shared(shared: dict[str, Any], device_mesh: Mesh) -> dict[str, Any]:
