@@ -17,11 +17,13 @@ remapped exactly like `score`). Scores equal the in-memory ones up to float summ
 | nce | 1 | hard joint counts [C, Cs] |
 | leep | 2 | pass 1: soft joint PᵀY and p_z (Cs·C); pass 2: Σ_i log (PQ)_{i,y_i} |
 | pactran_dirichlet, pactran_gamma | 11 | A = a0 + Yᵀq (C·Cs): q_i depends on the previous A, so each of the 10 iterations recomputes q chunk by chunk; a final pass sums the KL (and log lw) terms |
-| sfda | 3 | class means + pooled within-class scatter of x (first fit), of the ConfMix features (second fit: they depend on per-sample first-fit probabilities, recomputed), then Σ_i p₂(y_i|x̃_i) |
 | gbc | 2 | moments for the PCA (covariance; solvers "subspace"/"eigh" or an injected projection), then per-class scatters of the 64-dim projections (C·64²) |
 | transrate | 2 | x̄, then the rows class by class (read by index from the memory map): each class Gram Z_kᵀZ_k (D² memory) is reduced to its log-determinant before the next class; their sum is the global ZᵀZ |
 
 Not streamed, and why:
+* sfda: exact in three passes (class means and pooled scatter of x; of the ConfMix features, which
+  depend on per-sample first-fit probabilities recomputed chunk by chunk; then Σ_i p₂(y_i|x̃_i)), but
+  not implemented yet;
 * nleep: the Gaussian-mixture EM over PCA coordinates needs k-means++ seeding and per-sample
   responsibilities in every EM iteration (one pass per iteration plus a data-dependent PCA rank);
 * otce: optimal transport couples every target sample with every source sample ([Ns, Nt] plan);
