@@ -329,9 +329,10 @@ def _compiled_sharded(
 
 
 def _host_devices_share_cores(device_mesh: Mesh) -> bool:
-    """True for a mesh of several CPU devices of one process (e.g. --xla_force_host_platform_device_count)."""
+    """True for a mesh of CPU devices (several of them share one host's cores and thread pool, e.g.
+    --xla_force_host_platform_device_count)."""
     devices = list(device_mesh.devices.flat)
-    return len(devices) > 1 and all(d.platform == "cpu" for d in devices)
+    return all(d.platform == "cpu" for d in devices)
 
 
 def _replicate_shared(shared: dict[str, Any], device_mesh: Mesh) -> dict[str, Any]:
@@ -359,7 +360,9 @@ def _score_models(
     multiple of the device count (the padding repeats the group's last model and is dropped) and split
     over the mesh (`NamedSharding`), one `shard_map`-ped vmapped call; models alone in their group run
     unbatched (bit-identical to `score`), the j-th of them on device j mod #devices. All calls are
-    dispatched before any result is read, so devices run concurrently.
+    dispatched before any result is read, so devices run concurrently. On a single CPU device every
+    model runs as a lone model (stacking only adds copies there); on several CPU devices each device
+    loops over its share of a group (`lax.map`) instead of vmapping it (see `_compiled_sharded`).
     """
     num_models = len(signatures)
     devices = list(device_mesh.devices.flat)
@@ -372,6 +375,10 @@ def _score_models(
         return cache[m]
 
     groups = _model_groups(signatures)
+    if len(devices) == 1 and _host_devices_share_cores(device_mesh):
+        # One CPU device: stacking the group only adds copies (measured 0.75-0.85x the speed of a
+        # loop); its models run as lone models instead, all dispatched before any result is read.
+        groups = [[m] for g in groups for m in g]
     batched_groups = [g for g in groups if len(g) > 1 and spec.jittable]
     singles = [m for g in groups if not (len(g) > 1 and spec.jittable) for m in g]
     results: list[np.ndarray | None] = [None] * num_models
