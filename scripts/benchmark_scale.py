@@ -74,16 +74,6 @@ print(json.dumps(dict(metric=metric, mode=mode, seconds=seconds, score=value,
 """
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def sharding_table(num_rows: int, dim: int, num_classes: int, repeats: int) -> str:
     """(a): score_zoo on a 1-device vs an all-device mesh for zoos of 1, 4, 8 models."""
     import jax
@@ -91,6 +81,7 @@ def sharding_table(num_rows: int, dim: int, num_classes: int, repeats: int) -> s
 
     from mspider_jax import metrics as M
     from mspider_jax import sharding
+    from mspider_jax.metrics import benchmark
 
     devices = jax.devices()
     one, every = sharding.mesh(devices[:1]), sharding.mesh(devices)
@@ -106,7 +97,9 @@ def sharding_table(num_rows: int, dim: int, num_classes: int, repeats: int) -> s
             zoo = [(centres[labels] + rng.normal(size=(num_rows, dim))).astype(np.float32) for _ in range(num_models)]
             timed = {}
             for label, mesh in (("one", one), ("every", every)):
-                timed[label] = _median_time(lambda: M.score_zoo(metric, features=zoo, labels=labels, mesh=mesh), repeats)
+                call = lambda mesh=mesh: M.score_zoo(metric, features=zoo, labels=labels, mesh=mesh)  # noqa: E731
+                call()  # compile
+                timed[label] = benchmark.median_time(call, repeats)
             lines.append(f"| {metric} | {num_models} | {timed['one']:.3f} | {timed['every']:.3f} | "
                          f"{timed['one'] / timed['every']:.2f} |")
             print(lines[-1], flush=True)

@@ -300,3 +300,21 @@ def test_grid_csv_and_cli(grid_store, tmp_path, capsys):
     expected = [M.score("hscore", features=np.asarray(e.features), labels=LABELS) for e in entries]
     assert _rel(values, expected) < 1e-5
     assert "| m3 |" in capsys.readouterr().out
+
+
+def test_benchmark_scale_script_streaming_part(tmp_path):
+    """scripts/benchmark_scale.py (b) at a tiny size: both paths run in their own process, give the
+    same LogME and H-Score, and the report has the memory columns."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_scale", os.path.join(REPO, "scripts", "benchmark_scale.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "scale.md"
+    assert script.main(["--parts", "streaming", "--rows", "2500", "--dim", "16", "--chunk", "1000",
+                        "--repeats", "1", "--store", str(tmp_path / "store"), "--out", str(out)]) == 0
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith(("| logme | ", "| hscore | "))]
+    scores = {(r[1].strip(), r[2].strip()): r[6].strip() for r in rows if r[2].strip() in ("in_memory", "streaming")}
+    assert scores[("logme", "in_memory")] == scores[("logme", "streaming")]
+    assert scores[("hscore", "in_memory")] == scores[("hscore", "streaming")]
+    assert "peak anonymous RSS" in out.read_text()

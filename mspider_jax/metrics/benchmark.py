@@ -53,7 +53,8 @@ def _target(name: str, seconds: float, floor: float) -> tuple[str, bool | None]:
     return "-", None
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall-clock seconds of `repeats` calls of fn (the caller compiles/warms up first)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -71,8 +72,8 @@ def measure_floor(features: np.ndarray, repeats: int) -> tuple[float, float]:
 
     device_features = jnp.asarray(features)
     floor(device_features).block_until_ready()
-    jax_seconds = _median_time(lambda: floor(device_features).block_until_ready(), repeats)
-    numpy_seconds = _median_time(lambda: np.linalg.eigh(features.T @ features), repeats)
+    jax_seconds = median_time(lambda: floor(device_features).block_until_ready(), repeats)
+    numpy_seconds = median_time(lambda: np.linalg.eigh(features.T @ features), repeats)
     return jax_seconds, numpy_seconds
 
 
@@ -156,7 +157,7 @@ def run(
             call = _score_once(task, name)
             try:
                 call()  # compile
-                seconds = _median_time(call, repeats)
+                seconds = median_time(call, repeats)
                 line = f"| {name} | {seconds:.3f} | {seconds / floor:.2f} |"
                 if size == "medium":
                     reference = REFERENCE_SECONDS.get(name)
@@ -192,8 +193,8 @@ def run(
                 try:
                     batched()
                     separate()
-                    zoo_seconds = _median_time(batched, max(1, repeats // 2))
-                    loop_seconds = _median_time(separate, max(1, repeats // 2))
+                    zoo_seconds = median_time(batched, max(1, repeats // 2))
+                    loop_seconds = median_time(separate, max(1, repeats // 2))
                     emit(f"| {name} | {zoo_seconds:.3f} | {loop_seconds:.3f} | {loop_seconds / zoo_seconds:.2f}x |")
                 except Exception as err:  # noqa: BLE001
                     emit(f"| {name} | error: {type(err).__name__}: {str(err)[:120]} | | |")
