@@ -312,7 +312,7 @@ def _compiled_sharded(
     def call(traced: dict[str, Any]) -> Any:
         return spec.fn(**traced, **static)
 
-    if _host_devices_share_cores(device_mesh):
+    if _is_cpu_mesh(device_mesh):
         # Several CPU "devices" of one host share its intra-op thread pool: a batched custom call
         # (LAPACK eigh/cholesky over a vmapped model axis) on each device at once waits for pool
         # threads the other devices hold, and the run deadlocks (jax 0.10, 2 cores, 2+ devices, 2+
@@ -328,7 +328,7 @@ def _compiled_sharded(
     return fn
 
 
-def _host_devices_share_cores(device_mesh: Mesh) -> bool:
+def _is_cpu_mesh(device_mesh: Mesh) -> bool:
     """True for a mesh of CPU devices (several of them share one host's cores and thread pool, e.g.
     --xla_force_host_platform_device_count)."""
     devices = list(device_mesh.devices.flat)
@@ -375,7 +375,7 @@ def _score_models(
         return cache[m]
 
     groups = _model_groups(signatures)
-    if len(devices) == 1 and _host_devices_share_cores(device_mesh):
+    if len(devices) == 1 and _is_cpu_mesh(device_mesh):
         # One CPU device: stacking the group only adds copies (measured 0.75-0.85x the speed of a
         # loop); its models run as lone models instead, all dispatched before any result is read.
         groups = [[m] for g in groups for m in g]
