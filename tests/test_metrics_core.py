@@ -224,3 +224,52 @@ def test_linalg_helpers_match_numpy(rng):
     np.testing.assert_allclose(out["pinv"], np.linalg.pinv(a, rcond=1e-10), atol=1e-10)
     assert float(out["logdet"]) == pytest.approx(np.linalg.slogdet(a + np.eye(4))[1], rel=1e-12)
     np.testing.assert_allclose(out["variance"], np.linalg.eigvalsh(cov)[::-1], rtol=1e-5, atol=1e-6 * cov.max())
+
+
+def test_psd_solve_cholesky_and_singular_paths(rng):
+    b = rng.normal(size=(6, 3))
+    full = np.cov(rng.normal(size=(40, 6)), rowvar=False)  # positive definite: the Cholesky path
+    singular = full.copy()
+    singular[:, 2] = singular[2, :] = 0.0  # a dead unit: no Cholesky factor, the eigh pinv path
+    near = full + 1e6 * np.outer(np.ones(6), np.ones(6))  # cond ~1e8, still positive definite
+    with L.precision_scope():
+        for a in (full, singular, near):
+            out = np.asarray(jax.jit(lambda a, b: L.psd_solve(a, b, rtol=1e-15))(a, b))
+            np.testing.assert_allclose(out, np.linalg.pinv(a, rcond=1e-15) @ b, rtol=1e-6, atol=1e-9)
+        assert np.all(np.abs(np.asarray(L.psd_solve(singular, b, rtol=1e-15))[2]) < 1e-12)  # no weight on the null space
+
+
+def test_hscore_with_a_dead_unit_matches_pinv_reference(rng):
+    f = rng.normal(size=(300, 12)).astype(np.float32)
+    y = rng.integers(0, 4, size=300)
+    f[:, 5] = 0.0  # singular covariance: the pinv, not an inverse
+    assert M.score("hscore", features=f, labels=y) == pytest.approx(R.hscore(f, y), rel=1e-4)
+
+
+def test_symmetric_gram_blocks_match_one_product(rng):
+    x = rng.normal(size=(30, L.SYMMETRIC_MIN_DIM + 3)).astype(np.float32)  # uneven blocks
+    with L.precision_scope():
+        out = np.asarray(jax.jit(L.gram)(x))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(out, x64.T @ x64, atol=1e-5 * np.abs(x64.T @ x64).max())
+    assert np.array_equal(out, out.T)
+
+
+def test_logme_when_labels_lie_in_the_feature_span():
+    # ‖t‖² − ‖Uᵀt‖² cancels to rounding noise; it once went negative and made the evidence NaN.
+    rng = np.random.default_rng(0)
+    n, d, c = 5000, 1024, 30
+    f = np.maximum(rng.normal(size=(n, 64)) @ rng.normal(size=(64, d)) + 0.05 * rng.normal(size=(n, d)) + 0.5, 0.0)
+    f[:, :50] = 0.0  # dead units
+    y = rng.integers(0, c, size=n)
+    f = (f + 0.3 * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32)
+    expected = R.logme(f, np.eye(c)[y])
+    assert M.score("logme", features=f, labels=y) == pytest.approx(expected, rel=0.05)
+    with jax.enable_x64(True):
+        assert M.score("logme", features=f.astype(np.float64), labels=y) == pytest.approx(expected, rel=5e-3)
+
+
+def test_gbc_randomized_default_is_close_to_the_exact_projection():
+    task = make_task(1500, 256, 6, 20, seed=3, separation=0.3)
+    exact = M.score("gbc", features=task.features, labels=task.labels, pca_solver="eigh")
+    assert M.score("gbc", features=task.features, labels=task.labels) == pytest.approx(exact, rel=5e-3)

@@ -23,14 +23,14 @@ authors' code). The paper iterates the alternating minimisation to convergence: 
 `num_steps > 1` for that. Classification only.
 
 Implementation in class space: T = Y·L̂ with L̂ the standardised embeddings, so F̂ᵀT, TᵀT and Tᵀ(F̂W)
-come from class sums and never form [N, E, K]. N > D: W from the eigendecomposition of F̂ᵀF̂ with the
-min-norm cutoff; N <= D: F̂W is the projection onto the range of the N×N kernel F̂F̂ᵀ.
+come from class sums and never form [N, E, K]. N > D: W = (F̂ᵀF̂)⁺F̂ᵀTλ with the min-norm cutoff
+(a Cholesky solve when F̂ᵀF̂ is positive definite to working precision, else eigh: `_linalg.psd_solver`); N <= D: F̂W is the projection onto the range of the N×N kernel F̂F̂ᵀ.
 
 Precision policy: F̂ᵀF̂ (or F̂F̂ᵀ) and F̂W run in the features' dtype (F̂ is centred by construction);
 eigh, W, λ and the residual sum in float64 when available. The residual is summed directly, not as
 ‖T‖² − ‖PT‖², so a good fit does not cancel.
 
-Complexity: O(N·D² + D³ + N·D·E + D²·E) per step, memory O(D² + N·E).
+Complexity: O(N·D² + D³ + N·D·E + D²·E) per step (D³/3 with Cholesky), memory O(D² + N·E).
 """
 
 from __future__ import annotations
@@ -90,15 +90,12 @@ def emms(
     dtype = f_hat.dtype
 
     if n > d:
-        lam, vecs = L.eigh(L.gram(f_hat))
-        keep = lam > (_EPS64 * max(n, d)) ** 2 * jnp.max(lam)
-        inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+        solve = L.psd_solver(L.gram(f_hat), rtol=(_EPS64 * max(n, d)) ** 2)  # (F̂ᵀF̂)⁺, min-norm cutoff
         class_sums = L.to_high(L.class_sums(f_hat, labels, num_classes))  # S = YᵀF̂ [C, D]
 
         def fit(targets_by_class):  # [C, E] -> F̂W [N, E]
             rhs = class_sums.T @ targets_by_class  # F̂ᵀ T λ  [D, E]
-            w = vecs @ (inv_lam[:, None] * (vecs.T @ rhs))
-            return L.to_high(L.mm(f_hat, w.astype(dtype)))
+            return L.to_high(L.mm(f_hat, solve(rhs).astype(dtype)))
     else:
         lam, vecs = L.eigh(L.mm(f_hat, f_hat.T))
         keep = lam > (_EPS64 * max(n, d)) ** 2 * jnp.max(lam)

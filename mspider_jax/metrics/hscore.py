@@ -13,13 +13,15 @@ Conventions: "paper" and "model_spider" coincide (Model Spider implements the pa
 Invariant to a global rescaling of F and to permuting the labels. Classification only.
 
 Precision policy: F is centred (mean accumulated in float64), then FᵀF and the class sums run in the
-input dtype (float32 from torch: the O(N·D²) part); the eigendecomposition of Σ_f and the final
-quadratic forms run in float64 when available (`_linalg.precision_scope`).
+input dtype (float32 from torch: the O(N·D²) part); the solve with Σ_f and the final
+quadratic forms run in float64 when available (`_linalg.precision_scope`). pinv(Σ_f)·d_c is a Cholesky
+solve when Σ_f is positive definite to working precision (the usual N > D case; equal to the pinv
+there) and the eigh pseudo-inverse otherwise (`_linalg.psd_solve`).
 
 Statistics: the score is a function of `_stats.Moments` (N, F̄, the centred scatter and the class
 sums), shared by the in-memory path and the one-pass streaming path (`hscore_from_moments`).
 
-Complexity: O(N·D² + N·C·D + D³), memory O(D² + C·D).
+Complexity: O(N·D² + N·C·D + D³/3) (Cholesky; D³ eigh when Σ_f is singular), memory O(D² + C·D).
 """
 
 from __future__ import annotations
@@ -43,11 +45,8 @@ def hscore_from_moments(moments: _stats.Moments, rtol: float = PINV_RTOL) -> jax
     counts = moments.target_sums
     # Centred class sums = n_c (μ_c - F̄); empty classes give 0 and weigh 0.
     deviations = moments.cross / jnp.maximum(counts, 1.0)[:, None]
-    lam, vecs = L.eigh(cov)
-    keep = L.eig_cutoff_mask(lam, rtol)
-    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-    projected = L.mm(deviations, vecs)  # [C, D] coordinates of d_c in the eigenbasis
-    quad = jnp.sum(projected**2 * inv_lam, axis=1)  # d_cᵀ pinv(Σ_f) d_c
+    solved = L.psd_solve(cov, deviations.T, rtol)  # pinv(Σ_f) d_c, [D, C]
+    quad = jnp.sum(L.to_high(deviations).T * solved, axis=0)  # d_cᵀ pinv(Σ_f) d_c
     return jnp.sum(counts * quad) / (n - 1)
 
 

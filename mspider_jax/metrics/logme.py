@@ -100,7 +100,9 @@ def _evidences(sigma: jax.Array, keep: jax.Array, x: jax.Array, target_energy: j
     """Evidence of every target column from the spectrum σ [k], the projections x = U_kᵀt [k, K] and
     ‖t‖² [K] -> [K]."""
     x2 = x**2
-    r0 = target_energy - jnp.sum(x2, axis=0)
+    # ‖t‖² − ‖U_kᵀt‖² is a squared residual norm (>= 0); when t lies in the span of F it cancels to
+    # rounding noise, which must not turn negative (β < 0, NaN evidence).
+    r0 = jnp.maximum(target_energy - jnp.sum(x2, axis=0), 0.0)
     column = jax.vmap(_column_evidence, in_axes=(None, None, 1, 0, None, None))
     return column(sigma, keep, x2, r0, n, d)
 

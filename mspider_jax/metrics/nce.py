@@ -28,7 +28,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mspider_jax.metrics import _linalg as L
 from mspider_jax.metrics._registry import MetricSpec, register
@@ -37,10 +36,10 @@ from mspider_jax.metrics._registry import MetricSpec, register
 def first_argmax(scores: jax.Array) -> jax.Array:
     """Row-wise argmax of [N, Cs] -> [N] int32, the first index on ties (like numpy/torch).
 
-    `lax.top_k` with k = 1 (documented to put the lower index first among equal values) is about 2x
-    faster than `jnp.argmax` on XLA:CPU, whose variadic (value, index) reduction is not vectorised.
+    `jnp.argmax` (first occurrence) is ~1.4x faster than `lax.top_k(scores, 1)` on XLA:CPU with jax
+    0.10 at N=10⁴, Cs=10³ (24 vs 35 ms; older jax versions had it the other way round).
     """
-    return lax.top_k(scores, 1)[1][:, 0]
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
 
 def nce_from_counts(counts: jax.Array) -> jax.Array:

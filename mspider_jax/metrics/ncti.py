@@ -201,6 +201,7 @@ register(
         is_zoo_relative=True,
         combine_zoo=combine_ncti,
         paper="Wang et al., ICCV 2023",
+        is_randomized=True,  # the default randomized PCA starts from a key-seeded block
         label_statics=_label_statics,
     )
 )
