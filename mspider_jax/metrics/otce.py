@@ -19,9 +19,13 @@ Conventions:
 
 Solvers (`_ot.py`):
   solver="sinkhorn" (default): log-domain entropic OT in JAX with ε-scaling down to
-    ε = eps_rel·mean(C) (eps_rel = 2e-3), stopping at a row-marginal L1 error of 1e-4 (at most 5000
-    iterations). W is within ~1e-3 relative of the exact optimum; CE is biased upwards by a few
-    percent, because the entropic plan spreads mass across label blocks (the exact plan is sparse).
+    ε = eps_rel·mean(C) (eps_rel = 2e-3), stopping at a row-marginal L1 error of 1e-3 (at most 5000
+    iterations; 1e-4 moved W by 1e-6 and CE by 2e-4 relative at 2.5x the iterations). W is within
+    ~1e-3 relative of the exact optimum, but CE is biased upwards, because the entropic plan spreads
+    mass across label blocks (the exact plan is sparse): +67 % on the benchmark's synthetic task
+    (Ns = Nt = 2000, D = 2048: 1.093 vs 0.656), still +18 % at eps_rel = 2e-4 (3.4 s). The bias is
+    similar across models of one zoo, so rankings suffer less than values; use solver="exact" for the
+    reference's CE.
   solver="exact": SciPy on the host through `jax.pure_callback` — an assignment problem when the
     sizes allow replication to lcm(Ns, Nt) <= 6000 points, else the HiGHS transportation LP.
     Matches the reference's network-simplex plan (up to ties, which can move CE but not W). For
@@ -51,7 +55,7 @@ from mspider_jax.metrics._registry import MetricSpec, register
 SOLVERS = ("sinkhorn", "exact")
 MAX_TARGET_SAMPLES = 2000
 EPS_REL = 2e-3
-TOL = 1e-4
+TOL = 1e-3
 
 
 def squared_distances(source: jax.Array, target: jax.Array) -> jax.Array:
