@@ -273,3 +273,32 @@ def test_gbc_randomized_default_is_close_to_the_exact_projection():
     task = make_task(1500, 256, 6, 20, seed=3, separation=0.3)
     exact = M.score("gbc", features=task.features, labels=task.labels, pca_solver="eigh")
     assert M.score("gbc", features=task.features, labels=task.labels) == pytest.approx(exact, rel=5e-3)
+
+
+def test_nce_sorted_counts_equal_the_joint_table(rng):
+    from mspider_jax.metrics import nce as nce_lib
+
+    labels = rng.integers(0, 7, size=500).astype(np.int32)
+    pseudo = rng.choice([0, 3, 3, 40, 999, 20_000], size=500).astype(np.int32)  # sparse, large ids
+    with L.precision_scope():
+        sorted_value = float(jax.jit(nce_lib.nce_from_pseudo_labels, static_argnums=2)(pseudo, labels, 7))
+        table_value = float(nce_lib.nce_from_counts(nce_lib.joint_counts(pseudo, labels, 7, 20_001)))
+    assert sorted_value == pytest.approx(table_value, rel=1e-12)
+
+
+def test_nce_host_argmax_path(rng):
+    logits = rng.normal(size=(300, 50)).astype(np.float32)
+    labels = rng.integers(0, 5, size=300)
+    on_host = M.score("nce", logits=logits, labels=labels)  # "paper": argmax taken on the host
+    assert on_host == pytest.approx(R.nce(logits, labels), rel=1e-10)
+    assert on_host == pytest.approx(M.score("nce", logits=logits, labels=labels, convention="model_spider"), rel=1e-6)
+    below_max = logits.copy()
+    below_max[0, np.argmin(logits[0])] = -np.inf  # cannot be the argmax: accepted, same score
+    assert M.score("nce", logits=below_max, labels=labels) == on_host
+    for bad in (np.nan, np.inf):
+        broken = logits.copy()
+        broken[7, 3] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            M.score("nce", logits=broken, labels=labels)
+    np.testing.assert_allclose(M.score_zoo("nce", logits=[logits, logits[:, ::-1].copy()], labels=labels),
+                               [on_host, M.score("nce", logits=logits[:, ::-1].copy(), labels=labels)], rtol=1e-12)

@@ -143,6 +143,12 @@ def _prepare_shared(
 def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any], model: str = "") -> dict[str, np.ndarray]:
     """Validates one model's per-model inputs (features, logits, source_features) -> arrays."""
     where = f"{spec.name}{model}"
+    if spec.host_reduce is not None:
+        reduced = spec.host_reduce({k: inputs[k] for k in PER_MODEL_INPUTS if k in spec.needs}, prepared.static["convention"], where)
+        if reduced is not None:
+            for input_name, x in reduced.items():
+                V.check_num_rows(where, input_name, x, prepared.n)
+            return reduced
     arrays = {}
     for input_name in PER_MODEL_INPUTS:
         if input_name not in spec.needs:

@@ -55,6 +55,11 @@ class MetricSpec:
         computes the same score from row chunks (`mspider_jax.metrics.streaming.Stream`: one or more
         passes over a memory-mapped store, accumulating `_stats` statistics), with peak memory
         independent of N. None: the metric does not stream (`score_streaming` says why not).
+      host_reduce: optional `host_reduce(inputs, convention, where) -> dict | None` run on the host
+        before anything is copied to the device: given one model's raw per-model inputs (by name), it
+        returns smaller arrays (names `fn` accepts, first axis N) that replace them, validating what it
+        reads, or None to take the normal path. NCE uses it to send [N] pseudo-labels instead of the
+        [N, Cs] logits.
     """
 
     name: str
@@ -73,6 +78,7 @@ class MetricSpec:
     label_statics: Callable[[Any, int], dict[str, Any]] | None = None
     jittable: bool = True
     streaming: Callable[..., Any] | None = None
+    host_reduce: Callable[[dict[str, Any], str, str], dict[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(INPUTS)

@@ -45,8 +45,11 @@ def infer_target_type(labels: Any) -> str:
     raise ValueError(f"labels: expected an integer (classification) or float (regression) array, got dtype {labels.dtype}")
 
 
-def as_float_array(name: str, x: Any, *, ndim: int, metric: str = "") -> np.ndarray:
-    """Converts `x` to a finite float array with `ndim` dims (float32 unless already float32/64)."""
+def as_float_array(name: str, x: Any, *, ndim: int, metric: str = "", check_finite: bool = True) -> np.ndarray:
+    """Converts `x` to a finite float array with `ndim` dims (float32 unless already float32/64).
+
+    check_finite=False leaves the NaN/inf check to the caller (e.g. one that reads only some values).
+    """
     where = f"{metric}: " if metric else ""
     if x is None:
         raise ValueError(f"{where}input {name!r} is required")
@@ -59,7 +62,7 @@ def as_float_array(name: str, x: Any, *, ndim: int, metric: str = "") -> np.ndar
         raise ValueError(f"{where}{name}: expected {ndim} dimensions, got shape {x.shape}")
     if x.size == 0:
         raise ValueError(f"{where}{name}: empty array of shape {x.shape}")
-    if not np.all(np.isfinite(x)):
+    if check_finite and not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{where}{name}: contains {bad} non-finite values (NaN or inf)")
     return x

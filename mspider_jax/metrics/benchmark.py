@@ -117,13 +117,13 @@ def _nce_pseudo_label_line(task: SyntheticTask, repeats: int) -> str:
     takes the argmax over the logits in torch, outside the metric)."""
     from mspider_jax.metrics import nce as nce_lib
 
-    num_classes, num_source = int(task.labels.max()) + 1, task.logits.shape[1]
+    num_classes = int(task.labels.max()) + 1
     pseudo = np.argmax(task.logits, axis=1).astype(np.int32)
     labels = task.labels.astype(np.int32)
-    fn = jax.jit(nce_lib.nce_from_pseudo_labels, static_argnums=(2, 3))
+    fn = jax.jit(nce_lib.nce_from_pseudo_labels, static_argnums=2)
 
     def call():
-        return float(fn(pseudo, labels, num_classes, num_source))
+        return float(fn(pseudo, labels, num_classes))
 
     call()
     seconds = median_time(call, max(repeats, 5))
