@@ -302,3 +302,15 @@ def test_nce_host_argmax_path(rng):
             M.score("nce", logits=broken, labels=labels)
     np.testing.assert_allclose(M.score_zoo("nce", logits=[logits, logits[:, ::-1].copy()], labels=labels),
                                [on_host, M.score("nce", logits=logits[:, ::-1].copy(), labels=labels)], rtol=1e-12)
+
+
+def test_nce_reduced_signature_matches_the_reduced_arrays(rng):
+    from mspider_jax.metrics import _dispatch
+    from mspider_jax.metrics._registry import get
+
+    logits = rng.normal(size=(40, 9)).astype(np.float32)
+    spec = get("nce")
+    raw = _dispatch.input_signature({"logits": logits})
+    reduced = spec.host_reduce({"logits": logits}, "paper", "nce")
+    assert spec.model_signature(raw, "paper") == _dispatch.input_signature(reduced)
+    assert spec.model_signature(raw, "model_spider") == raw and spec.host_reduce({"logits": logits}, "model_spider", "nce") is None

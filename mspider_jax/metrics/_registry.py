@@ -60,6 +60,9 @@ class MetricSpec:
         returns smaller arrays (names `fn` accepts, first axis N) that replace them, validating what it
         reads, or None to take the normal path. NCE uses it to send [N] pseudo-labels instead of the
         [N, Cs] logits.
+      reduced_signature: with `host_reduce`, `reduced_signature(signature, convention)` maps the
+        (name, shape, dtype) signature of the raw inputs to that of the arrays `host_reduce` returns,
+        so that callers which group models before loading them (the store grid) can plan batches.
     """
 
     name: str
@@ -79,6 +82,11 @@ class MetricSpec:
     jittable: bool = True
     streaming: Callable[..., Any] | None = None
     host_reduce: Callable[[dict[str, Any], str, str], dict[str, Any] | None] | None = None
+    reduced_signature: Callable[[tuple, str], tuple] | None = None
+
+    def model_signature(self, signature: tuple, convention: str) -> tuple:
+        """The signature of one model's arrays as the metric receives them (after `host_reduce`)."""
+        return signature if self.reduced_signature is None else self.reduced_signature(signature, convention)
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(INPUTS)

@@ -127,6 +127,15 @@ def host_pseudo_labels(inputs: dict[str, Any], convention: str, where: str) -> d
     return {"pseudo_labels": pseudo.astype(np.int32)}
 
 
+def pseudo_label_signature(signature: tuple, convention: str) -> tuple:
+    """The input signature after `host_pseudo_labels`: logits [N, Cs] -> pseudo_labels [N] int32."""
+    if convention != "paper":
+        return signature
+    reduced = [("pseudo_labels", (shape[0],), np.dtype(np.int32).str) if name == "logits" else (name, shape, dtype)
+               for name, shape, dtype in signature]
+    return tuple(sorted(reduced))
+
+
 def _counts_step(counts: jax.Array, chunk: dict, num_classes: int, convention: str) -> jax.Array:
     logits = chunk["logits"]
     return counts + joint_counts(_pseudo_labels(logits, convention), chunk["labels"], num_classes, logits.shape[-1], chunk["valid"])
@@ -149,5 +158,6 @@ register(
         min_class_size=1,  # counts only: a one-sample class is well defined
         streaming=nce_streaming,
         host_reduce=host_pseudo_labels,
+        reduced_signature=pseudo_label_signature,
     )
 )
