@@ -226,7 +226,9 @@ def test_linalg_helpers_match_numpy(rng):
     np.testing.assert_allclose(out["variance"], np.linalg.eigvalsh(cov)[::-1], rtol=1e-5, atol=1e-6 * cov.max())
 
 
-def test_psd_solve_cholesky_and_singular_paths(rng):
+@pytest.mark.parametrize("min_dim", [1, 512])  # 1: the Cholesky path with its eigh fallback; 512: eigh only
+def test_psd_solve_cholesky_and_singular_paths(rng, monkeypatch, min_dim):
+    monkeypatch.setattr(L, "CHOLESKY_MIN_DIM", min_dim)
     b = rng.normal(size=(6, 3))
     full = np.cov(rng.normal(size=(40, 6)), rowvar=False)  # positive definite: the Cholesky path
     singular = full.copy()

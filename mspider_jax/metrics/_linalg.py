@@ -290,6 +290,9 @@ def pinv_psd(a: jax.Array, rtol: float) -> jax.Array:
 # diagonal entry times D: below that the matrix is singular to working precision (dead units, N <= D)
 # and the pseudo-inverse's cutoff decides, so the eigh path runs instead.
 CHOLESKY_PIVOT_ULPS = 1.0
+# Below this size psd_solver always uses eigh: its cost is small there, and compiling one branch
+# instead of a Cholesky + eigh `lax.cond` matters for zoos of small models (the mini zoo: D ~ 128).
+CHOLESKY_MIN_DIM = 512
 
 
 def psd_solver(a: jax.Array, rtol: float) -> Callable[[jax.Array], jax.Array]:
@@ -300,10 +303,16 @@ def psd_solver(a: jax.Array, rtol: float) -> Callable[[jax.Array], jax.Array]:
     eigendecomposition at D = 2048; the metrics' cutoffs (rtol <= 1e-15) keep every eigenvalue of such a
     matrix, so the pseudo-inverse is the inverse and both paths agree to rounding. Otherwise (singular
     or numerically singular a: dead units, N <= D) the eigh pseudo-inverse with cutoff `rtol` runs.
-    Under `vmap` both branches run (`lax.cond` becomes a select).
+    Under `vmap` both branches run (`lax.cond` becomes a select). For D < CHOLESKY_MIN_DIM it is
+    always the eigh pseudo-inverse.
     """
     a = to_high(a)
     a = 0.5 * (a + a.T)
+    if a.shape[0] < CHOLESKY_MIN_DIM:  # eigh is cheap here, and one branch compiles faster than two
+        lam, vecs = jnp.linalg.eigh(a)
+        keep = eig_cutoff_mask(lam, rtol)
+        inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+        return lambda b: vecs @ (inv_lam[:, None] * (vecs.T @ to_high(b)))
     chol = jnp.linalg.cholesky(a)
     pivots = jnp.diagonal(chol)
     threshold = CHOLESKY_PIVOT_ULPS * a.shape[0] * jnp.finfo(a.dtype).eps * jnp.max(jnp.diagonal(a))

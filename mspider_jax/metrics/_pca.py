@@ -13,7 +13,8 @@ deterministic given the key:
   centred features without forming it: num_iterations + 1 products with ZᵀZ from a Gaussian block of
   width 2k+16 (the reference: k+10 columns, 7 power iterations), then Rayleigh–Ritz. O(2q+3 passes of
   N·D·k). Approximate, like the reference, but with the wider block it is closer to the exact
-  projection than sklearn's default.
+  projection than sklearn's default. When the block would span half of D or more, it is the exact
+  "eigh" instead (cheaper there).
 
 Conventions: components are columns of a [D, k] matrix (sign arbitrary); explained variances are
 eigenvalues of the covariance with normaliser N - ddof (sklearn: N - 1), descending; projections are
@@ -166,6 +167,11 @@ def top_pca(
         cov, mean = L.centered_gram(x)
         variance, components = top_eigh(cov / (n - ddof), num_components, key=key)
         variance = jnp.maximum(variance, 0.0)
+    elif solver == "randomized" and 2 * block_size(num_components, min(n, dim)) >= dim:
+        # The block would span most of D (small features, e.g. D <= 288 for k = 64): the exact
+        # eigendecomposition is cheaper than the power iterations and compiles faster.
+        variance, components, mean = L.pca_eigh(x, ddof=ddof)
+        variance, components = variance[:num_components], components[:, :num_components]
     elif solver == "randomized":
         mean = L.column_mean(x)
         s2, components, projected = _randomized_components(L.to_compute(x), mean, num_components, key, num_iterations)
