@@ -280,10 +280,21 @@ def pinv_psd(a: jax.Array, rtol: float) -> jax.Array:
     Equals `numpy.linalg.pinv(a, rcond=rtol)` (singular values of a symmetric matrix are |λ|).
     Always pass `rtol`: the library defaults differ between numpy and JAX.
     """
+    vecs, inv_lam = _inverse_spectrum(a, rtol)
+    return (vecs * inv_lam) @ vecs.T
+
+
+def _inverse_spectrum(a: jax.Array, rtol: float) -> tuple[jax.Array, jax.Array]:
+    """Eigenvectors [D, D] and pseudo-inverted eigenvalues [D] (0 at or below the cutoff `rtol`) of
+    a symmetric a, in high_dtype(): pinv(a) = vecs · diag(inv_lam) · vecsᵀ."""
     lam, vecs = eigh(a)
     keep = eig_cutoff_mask(lam, rtol)
-    inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-    return (vecs * inv_lam) @ vecs.T
+    return vecs, jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+
+
+def _pinv_apply(vecs: jax.Array, inv_lam: jax.Array, b: jax.Array) -> jax.Array:
+    """pinv(a)·b from `_inverse_spectrum(a)` without forming pinv(a) [D, D]."""
+    return vecs @ (inv_lam[:, None] * (vecs.T @ b))
 
 
 # A Cholesky factor is trusted for a⁺b when its smallest pivot² exceeds this many ulps of the largest
@@ -309,10 +320,8 @@ def psd_solver(a: jax.Array, rtol: float) -> Callable[[jax.Array], jax.Array]:
     a = to_high(a)
     a = 0.5 * (a + a.T)
     if a.shape[0] < CHOLESKY_MIN_DIM:  # eigh is cheap here, and one branch compiles faster than two
-        lam, vecs = jnp.linalg.eigh(a)
-        keep = eig_cutoff_mask(lam, rtol)
-        inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-        return lambda b: vecs @ (inv_lam[:, None] * (vecs.T @ to_high(b)))
+        vecs, inv_lam = _inverse_spectrum(a, rtol)
+        return lambda b: _pinv_apply(vecs, inv_lam, to_high(b))
     chol = jnp.linalg.cholesky(a)
     pivots = jnp.diagonal(chol)
     threshold = CHOLESKY_PIVOT_ULPS * a.shape[0] * jnp.finfo(a.dtype).eps * jnp.max(jnp.diagonal(a))
@@ -323,10 +332,7 @@ def psd_solver(a: jax.Array, rtol: float) -> Callable[[jax.Array], jax.Array]:
             return jsp_linalg.cho_solve((chol, True), rhs)
 
         def by_eigh(rhs: jax.Array) -> jax.Array:
-            lam, vecs = jnp.linalg.eigh(a)
-            keep = eig_cutoff_mask(lam, rtol)
-            inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-            return vecs @ (inv_lam[:, None] * (vecs.T @ rhs))
+            return _pinv_apply(*_inverse_spectrum(a, rtol), rhs)
 
         return lax.cond(trusted, by_cholesky, by_eigh, to_high(b))
 
