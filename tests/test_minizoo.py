@@ -328,3 +328,34 @@ def test_tiny_build_end_to_end_and_resume(tmp_path):
     assert "finetune: 4 items, 4 already done, 0 to do" in again.stderr
     if repo_mtime is not None:
         assert repo_manifest.stat().st_mtime_ns == repo_mtime
+
+
+def _sampled_task_domains(tmp_path, domain_groups) -> list[set[str]]:
+    from configs import minizoo as minizoo_config
+    from converters.minizoo import build
+
+    config = minizoo_config.get_config("tiny")
+    config.tasks.num_tasks = 40
+    config.tasks.domains = ("shapes", "textures", "orientation")
+    config.tasks.domain_groups = domain_groups
+    config.tasks.max_domains = 2
+    config.tasks.train_per_class, config.tasks.test_per_class = 2, 2
+    builder = build.Builder(config, tmp_path / "work", tmp_path / "out")
+    builder._make_tasks()
+    return [{domain for domain, _, _ in spec["classes"]} for spec in builder.task_specs()]
+
+
+def test_training_tasks_draw_one_domain_per_group(tmp_path):
+    grouped = _sampled_task_domains(tmp_path / "grouped", (("shapes", "textures"), ("orientation",)))
+    # Two groups: a task never mixes shapes with textures, and both members of a group are drawn.
+    assert not any({"shapes", "textures"} <= domains for domains in grouped)
+    assert {"shapes", "textures"} <= set().union(*grouped)
+    assert any(len(domains) == 2 for domains in grouped)
+    # Without groups (every domain its own group) shapes and textures do meet.
+    ungrouped = _sampled_task_domains(tmp_path / "ungrouped", ())
+    assert any({"shapes", "textures"} <= domains for domains in ungrouped)
+
+
+def test_domain_groups_must_partition_the_domains(tmp_path):
+    with pytest.raises(ValueError, match="partition"):
+        _sampled_task_domains(tmp_path, (("shapes",), ("orientation",)))

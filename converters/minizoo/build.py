@@ -128,6 +128,21 @@ def target_dataset(target: str) -> str:
     return f"{TARGET_PREFIX}{target}"
 
 
+def task_domain_groups(tasks) -> list[tuple[str, ...]]:
+    """The groups a training task draws its 1..max_domains domains from (one domain per group).
+
+    Without `tasks.domain_groups` every domain is its own group. With groups, a family of similar
+    domains (the unused scripts, say) is drawn as often as one source domain, so that every
+    pretraining source is the best fit of a fair share of the tasks.
+    """
+    groups = [tuple(g) for g in tasks.get("domain_groups", ())] or [(d,) for d in tasks.domains]
+    grouped = [d for g in groups for d in g]
+    if sorted(grouped) != sorted(tasks.domains):
+        raise ValueError(f"tasks.domain_groups must partition tasks.domains; groups hold {grouped}, "
+                         f"domains are {list(tasks.domains)}")
+    return groups
+
+
 def task_dataset(index: int) -> str:
     return f"{TASK_PREFIX}{index:03d}"
 
@@ -283,11 +298,15 @@ class Builder:
             pool_classes = {d: self.load_set("pools", d).class_names for d in tasks.domains}
             rng = np.random.default_rng(self.seed("task_sampling"))
             specs = []
+            groups = task_domain_groups(tasks)
             for index in range(tasks.num_tasks):
-                num_domains = int(rng.integers(1, min(tasks.max_domains, len(tasks.domains)) + 1))
-                domains = sorted(rng.choice(len(tasks.domains), num_domains, replace=False).tolist())
-                candidates = [(tasks.domains[d], c) for d in domains
-                              for c in range(len(pool_classes[tasks.domains[d]]))]
+                num_groups = int(rng.integers(1, min(tasks.max_domains, len(groups)) + 1))
+                chosen_groups = sorted(rng.choice(len(groups), num_groups, replace=False).tolist())
+                # A group of one domain draws no number, so without groups the sampling (and every
+                # task of an artifact built before groups existed) is unchanged.
+                domains = [groups[g][int(rng.integers(len(groups[g])))] if len(groups[g]) > 1
+                           else groups[g][0] for g in chosen_groups]
+                candidates = [(d, c) for d in domains for c in range(len(pool_classes[d]))]
                 num_classes = int(rng.integers(tasks.min_classes, tasks.max_classes + 1))
                 num_classes = min(num_classes, len(candidates))
                 chosen = sorted(rng.choice(len(candidates), num_classes, replace=False).tolist())

@@ -629,6 +629,8 @@ DOMAINS: dict[str, Builder] = {
     "fmnist_tasks": lambda n, s: fashion_domain("tasks", s, 10 * n),
     "latin": latin_domain,
     "photo": lambda n, s: photo_patch_domain(PHOTO_SOURCE_IMAGES, n, s),
+    # Training-task domain: the source photos' patches in grayscale (a colour shift, not new images).
+    "photo_gray": lambda n, s: photo_patch_domain(PHOTO_SOURCE_IMAGES, n, s, grayscale=True),
     "shapes": shapes_domain,
     "textures": textures_domain,
     # Targets.
