@@ -359,3 +359,17 @@ def test_training_tasks_draw_one_domain_per_group(tmp_path):
 def test_domain_groups_must_partition_the_domains(tmp_path):
     with pytest.raises(ValueError, match="partition"):
         _sampled_task_domains(tmp_path, (("shapes",), ("orientation",)))
+
+
+def test_stage_times_keep_cpu_unknown_for_stages_that_predate_its_accounting(tmp_path):
+    from configs import minizoo as minizoo_config
+    from converters.minizoo import build
+
+    builder = build.Builder(minizoo_config.get_config("tiny"), tmp_path, tmp_path / "out")
+    (tmp_path / "timings.json").write_text(json.dumps({"wall": {"pretrain": 100.0}, "cpu": {}}))
+    builder._add_time("pretrain", 1.0, 2.0)
+    builder._add_time("features", 3.0, 5.0)
+    builder._add_time("features", 3.0, 5.0)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["wall"] == {"pretrain": 101.0, "features": 6.0}
+    assert timings["cpu"] == {"features": 10.0}  # not pretrain: 2 s of CPU for 101 s would mislead

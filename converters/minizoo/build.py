@@ -195,8 +195,10 @@ class Builder:
             timings = dict(wall=timings, cpu={})
         timings.setdefault("wall", {})
         timings.setdefault("cpu", {})
+        # A stage whose earlier runs predate the CPU accounting keeps "n/a": a partial sum would lie.
+        if stage in timings["cpu"] or stage not in timings["wall"]:
+            timings["cpu"][stage] = round(timings["cpu"].get(stage, 0.0) + cpu, 1)
         timings["wall"][stage] = round(timings["wall"].get(stage, 0.0) + wall, 1)
-        timings["cpu"][stage] = round(timings["cpu"].get(stage, 0.0) + cpu, 1)
         atomic_write_json(path, timings)
 
     def run(self, stages: Sequence[str] = STAGES) -> pathlib.Path:

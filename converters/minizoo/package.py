@@ -209,6 +209,7 @@ def render_readme(manifest: dict) -> str:
         f"{stage} {build['stage_seconds'][stage]:.0f} / "
         + (f"{build['stage_cpu_seconds'][stage]:.0f}" if stage in build["stage_cpu_seconds"] else "n/a")
         for stage in STAGES if stage in build["stage_seconds"])
+    build_notes = f"\nBuild notes: {build['notes']}." if build.get("notes") else ""
     text = f"""# The offline mini zoo
 
 A small but real model zoo, built offline on a 2-core CPU and shipped in the repository: it is the
@@ -289,7 +290,7 @@ output there (including the features of every training task for every PTM, in
 {build['total_seconds'] / 60:.0f} min of wall-clock build time (summed over resumed runs) with
 {build['threads']} threads and {config['finetune_workers']} fine-tuning worker processes, on a
 2-core machine shared with other jobs. Per stage, wall / CPU seconds (CPU of all threads and
-workers; "n/a" where a run predates the CPU accounting): {stage_times}.
+workers; "n/a" where a run predates the CPU accounting): {stage_times}.{build_notes}
 Versions: {", ".join(f"{k} {v}" for k, v in manifest['versions'].items())}.
 
 ## Licences of the sources
