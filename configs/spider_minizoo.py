@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (the mini-zoo build's WORKDIR/store; store datasets are named like the training tasks).
     config.data.label_source = arg.label_source
     config.data.label_options.store = arg.label_store
-    config.data.num_val_tasks = 4
+    config.data.num_val_tasks = 12
     artifact = minizoo.artifact_dir()  # data/minizoo, or $MSPIDER_MINIZOO_DIR
     config.data.train = spider_base.task_source(
         bank=str(artifact / minizoo.TRAINING_BANK),
@@ -38,7 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.targets = spider_base.task_source(
         store="minizoo", ground_truth=str(artifact / minizoo.GROUND_TRUTH_FILES["targets"]))
     config.model.width = 128
-    config.train.epochs = 30
+    # Epochs chosen on the validation tasks (12 held-out training tasks, seed 0): best validation
+    # weighted tau 0.80 after 200 epochs, 0.857 after 400, 0.865 after 800 (30 epochs: 0.60, the
+    # ranker had not left the constant prior). 120 tasks x 800 epochs = 5600 steps, ~5 min on 2 cores.
+    config.train.epochs = 800
+    config.train.eval_every_epochs = 10
     config.train.batch_size = 16
     if arg.smoke:
         config.data.zoo = ""
@@ -48,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.width = 16
         config.model.num_heads = 2
         config.train.epochs = 2
+        config.train.eval_every_epochs = 1
         config.train.batch_size = 4
         config.train.k_max = 2
         config.train.log_every_steps = 1
