@@ -27,6 +27,9 @@ _HELD_OUT = flags.DEFINE_list("held_out", ["resnet_devanagari", "densenet_latin"
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the repeated runs.")
 _STUDIES = flags.DEFINE_list("studies", ["add_models", "label_sources"], "Studies to run.")
 _OUT = flags.DEFINE_string("out", "results/rank_grow_minizoo.md", "Markdown output.")
+_FINETUNE_SECONDS = flags.DEFINE_float(
+    "finetune_seconds", None, "Wall seconds of the training tasks' fine-tuning (default: the build's "
+    "timings.json, which sums every build of that work directory).")
 flags.mark_flags_as_required(["workdir", "label_store"])
 
 
@@ -43,8 +46,8 @@ def main(argv: list[str]) -> None:
         config.data.targets.store = _LABEL_STORE.value  # the build store has the targets too
     # What the measured labels cost: the build's fine-tuning of every PTM on the training tasks.
     timings = pathlib.Path(_LABEL_STORE.value).parent / "timings.json"
-    finetune_seconds = None
-    if timings.exists():
+    finetune_seconds = _FINETUNE_SECONDS.value
+    if finetune_seconds is None and timings.exists():
         finetune_seconds = json.loads(timings.read_text()).get("wall", {}).get("finetune_tasks")
     print(studies.run_studies(config, _WORKDIR.value, _LABEL_STORE.value, held_out=_HELD_OUT.value,
                               seeds=[int(s) for s in _SEEDS.value], studies=_STUDIES.value,
