@@ -10,10 +10,12 @@
 """
 
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -264,17 +266,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_distributed_run_matches_one_process(grid_store, tmp_path):
+def _run_two_processes(grid_store, out: pathlib.Path, log_dir: pathlib.Path) -> tuple[list, list[str]]:
+    """Runs _WORKER as processes 0 and 1 of one JAX run; returns (processes, logs), or raises
+    subprocess.TimeoutExpired (after killing both) when they do not finish in 240 s."""
     port = _free_port()
-    out = tmp_path / "scores.npz"
-    procs = []
+    procs, log_paths = [], []
+    # Logs go to files, not pipes: waiting on process 0 must not leave process 1 blocked on a full
+    # pipe (and process 0 then waiting for it in a collective).
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id),
                    JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO)
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(grid_store), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=240)[0] for p in procs]
+        log_paths.append(log_dir / f"process{process_id}.log")
+        with open(log_paths[-1], "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(grid_store), str(out)], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    try:
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:  # never leave a hung pair behind for the rest of the suite
+            if p.poll() is None:
+                p.kill()
+    return procs, [path.read_text() for path in log_paths]
+
+
+def test_two_process_distributed_run_matches_one_process(grid_store, tmp_path):
+    out = tmp_path / "scores.npz"
+    (tmp_path / "first").mkdir()
+    try:
+        procs, logs = _run_two_processes(grid_store, out, tmp_path / "first")
+    except subprocess.TimeoutExpired:
+        # One full-suite CI run (2026-11-26) hung here after both processes had connected; it did
+        # not reproduce in 9 later runs (isolated and whole file). A second hang fails the test.
+        warnings.warn("two-process run timed out once; retrying on a fresh port")
+        (tmp_path / "retry").mkdir()
+        procs, logs = _run_two_processes(grid_store, out, tmp_path / "retry")
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     assert out.exists()  # written by process 0 only (process 1 has no file to write)
     got = np.load(out)
