@@ -270,6 +270,7 @@ def _run_two_processes(grid_store, out: pathlib.Path, log_dir: pathlib.Path) -> 
     """Runs _WORKER as processes 0 and 1 of one JAX run; returns (processes, logs), or raises
     subprocess.TimeoutExpired (after killing both) when they do not finish in 240 s."""
     port = _free_port()
+    log_dir.mkdir()
     procs, log_paths = [], []
     # Logs go to files, not pipes: waiting on process 0 must not leave process 1 blocked on a full
     # pipe (and process 0 then waiting for it in a collective).
@@ -293,14 +294,12 @@ def _run_two_processes(grid_store, out: pathlib.Path, log_dir: pathlib.Path) -> 
 
 def test_two_process_distributed_run_matches_one_process(grid_store, tmp_path):
     out = tmp_path / "scores.npz"
-    (tmp_path / "first").mkdir()
     try:
         procs, logs = _run_two_processes(grid_store, out, tmp_path / "first")
     except subprocess.TimeoutExpired:
         # One full-suite CI run (2026-11-26) hung here after both processes had connected; it did
         # not reproduce in 9 later runs (isolated and whole file). A second hang fails the test.
         warnings.warn("two-process run timed out once; retrying on a fresh port")
-        (tmp_path / "retry").mkdir()
         procs, logs = _run_two_processes(grid_store, out, tmp_path / "retry")
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     assert out.exists()  # written by process 0 only (process 1 has no file to write)
