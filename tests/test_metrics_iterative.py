@@ -398,6 +398,25 @@ def test_ncti_default_randomized_pca_is_close_to_exact(one_thread):
     np.testing.assert_allclose(metrics.score_components("ncti", features=WIDE, labels=WIDE_LABELS), exact, rtol=3e-3)
 
 
+def test_ncti_nuclear_norm_redoes_grams_whose_eigenvalues_are_not_finite(rng, monkeypatch):
+    """A GPU eigensolver returned NaN for some per-class Grams; those are redone with an SVD."""
+    blocks = rng.standard_normal((3, 7, 4))
+    grams = np.swapaxes(blocks, 1, 2) @ blocks
+    expected = np.linalg.svd(blocks, compute_uv=False).sum(axis=1)
+    real_eigvalsh = jnp.linalg.eigvalsh
+
+    def failing_eigvalsh(a):  # like the GPU: the second matrix of the batch comes back NaN
+        values = real_eigvalsh(a)
+        return values.at[1].set(jnp.nan) if values.ndim == 2 else values
+
+    with L.precision_scope():
+        np.testing.assert_allclose(ncti._nuclear_norm_from_gram(jnp.asarray(grams)), expected, rtol=1e-10)
+        monkeypatch.setattr(jnp.linalg, "eigvalsh", failing_eigvalsh)
+        assert np.isnan(np.asarray(jnp.linalg.eigvalsh(jnp.asarray(grams)))[1]).all()
+        for fn in (ncti._nuclear_norm_from_gram, jax.jit(ncti._nuclear_norm_from_gram)):
+            np.testing.assert_allclose(fn(jnp.asarray(grams)), expected, rtol=1e-10)
+
+
 def test_ncti_zoo_combination(rng):
     components = rng.normal(size=(4, 3))
     mm = (components - components.min(0)) / (components.max(0) - components.min(0))

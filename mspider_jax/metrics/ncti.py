@@ -60,8 +60,20 @@ SVD_TOL = 1e-4  # sklearn LinearDiscriminantAnalysis(tol=1e-4)
 
 
 def _nuclear_norm_from_gram(gram: jax.Array) -> jax.Array:
-    """Σ of singular values of A from its Gram AᵀA (or AAᵀ) [..., m, m]: Σ sqrt(max(eig, 0))."""
-    return jnp.sum(jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram), 0.0)), axis=-1)
+    """Σ of singular values of A from its Gram AᵀA (or AAᵀ) [..., m, m]: Σ sqrt(max(eig, 0)).
+
+    The GPU's batched symmetric eigensolver returned NaN for some of the near rank-one per-class
+    Grams of confident posteriors (H200, N=50 000, C=100); the eigenvalues of a PSD matrix are its
+    singular values, so any Gram whose eigenvalues are not finite is redone with an SVD (only then).
+    """
+    eigenvalues = jnp.linalg.eigvalsh(gram)
+    finite = jnp.all(jnp.isfinite(eigenvalues), axis=-1, keepdims=True)
+    eigenvalues = jax.lax.cond(
+        jnp.all(finite),
+        lambda: eigenvalues,
+        lambda: jnp.where(finite, eigenvalues, jnp.linalg.svd(gram, compute_uv=False)),
+    )
+    return jnp.sum(jnp.sqrt(jnp.maximum(eigenvalues, 0.0)), axis=-1)
 
 
 def _eigen_lda(x: jax.Array, labels: jax.Array, num_classes: int, tau: jax.Array, num_directions: int):
