@@ -185,6 +185,32 @@ def array_from_rows(
     return jax.make_array_from_callback(shape, batch_sharding(device_mesh, axis_name), callback)
 
 
+def array_from_row_arrays(
+    shape: Sequence[int],
+    dtype: Any,
+    device_mesh: Mesh,
+    load_row: Callable[[int], np.ndarray],
+    axis_name: str = DATA_AXIS,
+) -> jax.Array:
+    """Like `array_from_rows`, but each row `load_row(i) -> shape[1:]` travels to its device on its own
+    and the rows are stacked there.
+
+    Stacking large rows (a zoo model's [N, D] features) on the host first costs a host copy of the
+    whole shard and one transfer that nothing overlaps with: on an H200, 10 stacked medium models
+    scored 0.5-0.8x as fast as 10 separate calls.
+    """
+    import jax.numpy as jnp  # noqa: PLC0415 -- only needed here
+
+    shape = tuple(int(d) for d in shape)
+    target = batch_sharding(device_mesh, axis_name)
+    shards = []
+    for device, index in target.addressable_devices_indices_map(shape).items():
+        rows = range(*index[0].indices(shape[0]))
+        parts = [jax.device_put(np.asarray(load_row(r), dtype=dtype), device) for r in rows]
+        shards.append(jnp.stack(parts))
+    return jax.make_array_from_single_device_arrays(shape, target, shards)
+
+
 def gather(array: jax.Array) -> np.ndarray:
     """The whole (possibly sharded, possibly multi-process) array as a NumPy array on every host."""
     if jax.process_count() == 1 or array.is_fully_addressable:

@@ -216,6 +216,20 @@ def test_model_axis_is_split_over_the_mesh():
     np.testing.assert_array_equal(sharding.gather(array)[:, 0], np.arange(8))
 
 
+def test_rows_sent_one_by_one_are_stacked_on_their_devices():
+    mesh = sharding.mesh()
+    seen = []
+    array = sharding.array_from_row_arrays(
+        (8, 3), np.float32, mesh, lambda row: (seen.append(row), np.full(3, row, np.float64))[1]
+    )
+    assert sorted(seen) == list(range(8))  # each row loaded once
+    assert array.dtype == np.float32 and array.shape == (8, 3)
+    for shard in array.addressable_shards:  # each device holds its own contiguous rows
+        rows = np.arange(8)[shard.index[0]]
+        np.testing.assert_array_equal(np.asarray(shard.data), np.repeat(rows[:, None], 3, 1).astype(np.float32))
+    assert {shard.device for shard in array.addressable_shards} == set(jax.devices())
+
+
 def test_lone_models_spread_over_devices_and_match_score():
     # Two different feature dims: two lone models on devices 0 and 1, each bit-identical to `score`.
     features = [TASK.features, TASK.features[:, : D - 2]]

@@ -364,7 +364,8 @@ def _score_models(
 
     Schedule: a group of >= 2 models with equal signatures is stacked on a model axis padded to a
     multiple of the device count (the padding repeats the group's last model and is dropped) and split
-    over the mesh (`NamedSharding`), one `shard_map`-ped vmapped call; models alone in their group run
+    over the mesh (`NamedSharding`), one `shard_map`-ped vmapped call; each model's arrays travel to
+    their device on their own and are stacked there (`sharding.array_from_row_arrays`); models alone in their group run
     unbatched (bit-identical to `score`), the j-th of them on device j mod #devices. All calls are
     dispatched before any result is read, so devices run concurrently. On a single CPU device every
     model runs as a lone model (stacking only adds copies there); on several CPU devices each device
@@ -397,9 +398,9 @@ def _score_models(
             member = lambda row, group=group: group[min(int(row), len(group) - 1)]  # noqa: E731
             stacked = {}
             for name, shape, dtype in signatures[group[0]]:
-                stacked[name] = sharding.array_from_rows(
+                stacked[name] = sharding.array_from_row_arrays(
                     (padded, *shape), np.dtype(dtype), device_mesh,
-                    lambda rows, name=name, member=member: np.stack([model(member(r))[name] for r in rows]),
+                    lambda row, name=name, member=member: model(member(row))[name],
                 )
             traced = {**shared, **stacked}
             fn = _compiled_sharded(spec, prepared.static, tuple(sorted(traced)), tuple(sorted(stacked)), device_mesh)
