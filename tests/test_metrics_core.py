@@ -271,6 +271,68 @@ def test_logme_when_labels_lie_in_the_feature_span():
         assert M.score("logme", features=f.astype(np.float64), labels=y) == pytest.approx(expected, rel=5e-3)
 
 
+def _dead_unit_features(rng, n, d, c, label_strength):
+    f = np.maximum(rng.normal(size=(n, 64)) @ rng.normal(size=(64, d)) + 0.05 * rng.normal(size=(n, d)) + 0.5, 0.0)
+    f[:, :50] = 0.0  # dead units: exact zero eigenvalues
+    y = rng.integers(0, c, size=n)
+    return (f + label_strength * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("kind", ["dense", "with_identity_reflectors"])
+def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
+    import jax.numpy as jnp
+
+    d = 40
+    a = rng.normal(size=(d, d))
+    a = a @ a.T
+    if kind == "with_identity_reflectors":  # block-diagonal: some Householder reflectors are I (τ = 0)
+        a[:20, 20:] = a[20:, :20] = 0.0
+        a[25:, :25] = a[:25, 25:] = 0.0
+    with L.precision_scope():
+        diagonal, off, reflectors, taus = L.tridiagonalize(jnp.asarray(a))
+        if kind == "with_identity_reflectors":
+            assert np.any(np.asarray(taus) == 0)
+        q_t = np.asarray(L.tridiagonal_basis_transpose(reflectors, taus, jnp.eye(d), block=7))  # blocks of 7
+        tri = np.diag(np.asarray(diagonal)) + np.diag(np.asarray(off), 1) + np.diag(np.asarray(off), -1)
+        np.testing.assert_allclose(q_t @ q_t.T, np.eye(d), atol=1e-12)
+        np.testing.assert_allclose(q_t @ a @ q_t.T, tri, atol=1e-10 * np.abs(a).max())
+        eigenvalues = np.asarray(L.tridiagonal_eigenvalues(diagonal, off))
+        assert eigenvalues.dtype == np.float64  # float64 survives the host callback
+        np.testing.assert_allclose(eigenvalues, np.linalg.eigvalsh(a), rtol=1e-12, atol=1e-12 * np.abs(a).max())
+
+
+def test_logme_tridiagonal_form_equals_the_eigh_form(rng):
+    import jax.numpy as jnp
+
+    from mspider_jax.metrics import _stats
+    from mspider_jax.metrics import logme as logme_lib
+
+    task = make_task(3000, 300, 12, 20, seed=4)
+    f, y = task.features.copy(), task.labels
+    f[:, :30] = 0.0  # dead units: exact zero eigenvalues
+    with L.precision_scope():
+        moments = _stats.moments(jnp.asarray(f), L.one_hot(jnp.asarray(y), 12, jnp.float32))
+        eigh = np.asarray(logme_lib.logme_evidences_from_moments(moments, decomposition="eigh"))
+        args = (_stats.uncentered_gram(moments), _stats.uncentered_cross(moments), moments.target_energy, moments.count)
+        tridiagonal, trusted = logme_lib._evidences_tridiagonal(*args)
+        assert np.all(np.asarray(trusted))
+        np.testing.assert_allclose(np.asarray(tridiagonal), eigh, rtol=1e-10)
+        with pytest.raises(ValueError, match="decomposition"):
+            logme_lib.logme_evidences_from_moments(moments, decomposition="svd")
+
+        # Labels almost in the span of the features: the residual is too ill-conditioned for the
+        # tridiagonal solve, and the eigh form is used instead.
+        f, y = _dead_unit_features(np.random.default_rng(0), 5000, 1024, 30, label_strength=0.3)
+        moments = _stats.moments(jnp.asarray(f), L.one_hot(jnp.asarray(y), 30, jnp.float32))
+        args = (_stats.uncentered_gram(moments), _stats.uncentered_cross(moments), moments.target_energy, moments.count)
+        assert not np.any(np.asarray(logme_lib._evidences_tridiagonal(*args)[1]))
+        np.testing.assert_allclose(  # the unguarded tridiagonal form is ~18 % off on this case
+            np.asarray(logme_lib.logme_evidences_from_moments(moments, decomposition="tridiagonal")),
+            np.asarray(logme_lib.logme_evidences_from_moments(moments, decomposition="eigh")),
+            rtol=1e-9,
+        )
+
+
 def test_gbc_randomized_default_is_close_to_the_exact_projection():
     task = make_task(1500, 256, 6, 20, seed=3, separation=0.3)
     exact = M.score("gbc", features=task.features, labels=task.labels, pca_solver="eigh")
