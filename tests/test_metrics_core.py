@@ -278,7 +278,7 @@ def _dead_unit_features(rng, n, d, c, label_strength):
     return (f + label_strength * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32), y
 
 
-@pytest.mark.parametrize("kind", ["dense", "with_identity_reflectors"])
+@pytest.mark.parametrize("kind", ["dense", "with_identity_reflectors", "with_zero_rows"])
 def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
     import jax.numpy as jnp
 
@@ -288,6 +288,8 @@ def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
     if kind == "with_identity_reflectors":  # block-diagonal: some Householder reflectors are I (τ = 0)
         a[:20, 20:] = a[20:, :20] = 0.0
         a[25:, :25] = a[:25, 25:] = 0.0
+    if kind == "with_zero_rows":  # leading dead units: exactly zero 1x1 blocks of T (τ = 0, e = 0), exact
+        a[:2, :] = a[:, :2] = 0.0  # zero eigenvalues, which bisection alone returns as ~pivmin
     with L.precision_scope():
         diagonal, off, reflectors, taus = L.tridiagonalize(jnp.asarray(a))
         if kind == "with_identity_reflectors":
@@ -297,8 +299,11 @@ def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
         np.testing.assert_allclose(q_t @ q_t.T, np.eye(d), atol=1e-12)
         np.testing.assert_allclose(q_t @ a @ q_t.T, tri, atol=1e-10 * np.abs(a).max())
         eigenvalues = np.asarray(L.tridiagonal_eigenvalues(diagonal, off))
-        assert eigenvalues.dtype == np.float64  # float64 survives the host callback
+        assert eigenvalues.dtype == np.float64
         np.testing.assert_allclose(eigenvalues, np.linalg.eigvalsh(a), rtol=1e-12, atol=1e-12 * np.abs(a).max())
+        if kind == "with_zero_rows":
+            np.testing.assert_array_equal(eigenvalues[:2], 0.0)
+            assert eigenvalues[2] > 1e-6
 
 
 def test_logme_tridiagonal_form_equals_the_eigh_form(rng):
