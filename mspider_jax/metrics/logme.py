@@ -25,10 +25,11 @@ Fᵀt = Σ t(x − F̄) + F̄·Σt, with ‖t‖² = Σt². The in-memory path a
 N·D <= D² values whole). The data-dependent `break` is a fixed 11-step `lax.fori_loop` that freezes the
 state once converged; the retained rank k is a mask. Columns are vmapped.
 On CPU the N > D path skips the eigenvectors: the Gram is reduced to tridiagonal form T = QᵀFᵀFQ,
-the spectrum comes from T (LAPACK `sterf`) and m2, res2 from tridiagonal solves with (T + λI)
-(`_evidences_tridiagonal`): 1.3x faster at D = 2048, where the float64 `eigh` was ~70 % of the
-time; equal to ~1e-12 in float64, and a column whose residual is too ill-conditioned for the solve
-(labels almost in the span of the features) makes the whole call use the eigh form.
+the spectrum comes from T (bisection) and m2, res2 from tridiagonal solves with (T + λI)
+(`_evidences_tridiagonal`): 1.16-1.26x faster at N = 10⁴, D = 2048 on 2 CPU cores, where the
+float64 `eigh` was ~70 % of the time; equal to ~1e-12 in float64, and a column whose residual is
+too ill-conditioned for the solve (labels almost in the span of the features) makes the whole call
+use the eigh form.
 
 Precision policy: float64 is required for the evidence (N/2·log β and the residual terms cancel).
 FᵀF and Fᵀt are computed from *centred* float32 products plus the mean terms in float64
@@ -178,7 +179,7 @@ def logme_evidences_from_moments(moments: _stats.Moments, decomposition: str = "
     """Per-column LogME evidence (N > D path) from the moments of (features, targets) -> [K].
 
     decomposition: "eigh" (eigenvectors of FᵀF), "tridiagonal" (Householder tridiagonal form and
-    tridiagonal solves, `_evidences_tridiagonal`: equal to ~1e-12 in float64 and 1.3x faster on CPU,
+    tridiagonal solves, `_evidences_tridiagonal`: equal to ~1e-12 in float64 and 1.2x faster on CPU,
     where the float64 `eigh` dominates; when a column's residual is too ill-conditioned for it, the
     eigh form is computed instead), or "auto" (tridiagonal on CPU, eigh elsewhere, where `eigh` is fast).
     """
