@@ -290,14 +290,18 @@ def tridiagonal_basis_transpose(reflectors: jax.Array, taus: jax.Array, b: jax.A
     """
     size = reflectors.shape[0] - 1
     vectors = jnp.tril(reflectors[1:, :-1], -1) + jnp.eye(size, dtype=reflectors.dtype)
-    vectors = jnp.where(taus[None, :] == 0, 0.0, vectors)
-    rest = b[1:]
-    for start in range(0, taus.shape[0], block):
-        stop = min(start + block, taus.shape[0])
-        v, tau = vectors[:, start:stop], taus[start:stop]
+    padding = -taus.shape[0] % block  # identity reflectors (zero vectors) fill the last block
+    taus = jnp.pad(taus, (0, padding))
+    vectors = jnp.where(taus[None, :] == 0, 0.0, jnp.pad(vectors, ((0, 0), (0, padding))))
+    blocks = (jnp.moveaxis(vectors.reshape(size, -1, block), 1, 0), taus.reshape(-1, block))
+
+    def apply_block(rest, block_args):  # one compiled body for every block (unrolled blocks compile slowly)
+        v, tau = block_args
         t_inverse = jnp.triu(v.T @ v, 1) + jnp.diag(1.0 / jnp.where(tau == 0, 1.0, tau))
-        t = jsp_linalg.solve_triangular(t_inverse, jnp.eye(stop - start, dtype=v.dtype), lower=False)
-        rest = rest - v @ (t.T @ (v.T @ rest))
+        t = jsp_linalg.solve_triangular(t_inverse, jnp.eye(block, dtype=v.dtype), lower=False)
+        return rest - v @ (t.T @ (v.T @ rest)), None
+
+    rest, _ = lax.scan(apply_block, b[1:], blocks)
     return jnp.concatenate([b[:1], rest], axis=0)
 
 
