@@ -579,6 +579,20 @@ def test_gmm_em_matches_sklearn_from_identical_start(covariance_type, one_thread
     np.testing.assert_allclose(np.asarray(params.means), reference.means_, rtol=1e-8, atol=1e-10)
 
 
+def test_gmm_small_dim_m_step_equals_the_per_component_scatter(rng):
+    from mspider_jax.metrics import _gmm
+
+    n, d, k = 300, 6, 30
+    x = rng.normal(size=(n, d)) + 3.0  # an offset: the one-GEMM form must cancel it exactly enough
+    resp = _softmax(rng.normal(size=(n, k)))
+    means = rng.normal(size=(k, d))  # any means, not only the weighted ones
+    with L.precision_scope():
+        args = (jnp.asarray(x), jnp.asarray(resp), jnp.asarray(means))
+        np.testing.assert_allclose(
+            np.asarray(jax.jit(_gmm._scatter_small_dim)(*args)), np.asarray(jax.jit(_gmm._scatter_dense)(*args)), rtol=1e-10, atol=1e-10
+        )
+
+
 def test_gmm_sparse_m_step_is_exact_when_responsibilities_are_sparse(rng):
     from mspider_jax.metrics import _gmm
 

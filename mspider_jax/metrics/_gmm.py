@@ -54,6 +54,7 @@ KMEANS_MAX_ITER = 300
 KMEANS_TOL = 1e-4
 COMPONENT_BATCH = 16  # components per vectorised chunk of the full-covariance E/M steps
 SPARSE_TOP = 4  # responsibilities kept per sample by the sparse M-step
+SMALL_DIM = 16  # up to this d the full-covariance M-step is one [K, N] x [N, d²] GEMM
 
 
 class GaussianMixture(NamedTuple):
@@ -176,6 +177,24 @@ def _scatter_dense(x: jax.Array, resp: jax.Array, means: jax.Array) -> jax.Array
     return L.to_high(lax.map(scatter, (resp.T, means), batch_size=COMPONENT_BATCH))
 
 
+def _scatter_small_dim(x: jax.Array, resp: jax.Array, means: jax.Array) -> jax.Array:
+    """The same scatter for small d as one GEMM in high_dtype(): Σ_i r_ik x_i x_iᵀ − μ_k s_kᵀ − s_k μ_kᵀ
+    + n_k μ_k μ_kᵀ with s_k = Σ_i r_ik x_i.
+
+    [K, N] x [N, d²] in float64 (the uncentred form cancels only ~‖μ_k‖²/spread² of the 16 digits);
+    the per-component loop of `_scatter_dense` costs ~17 ms per M-step at N = 1000, K = 120, d = 8
+    on 2 CPU cores, this ~1 ms.
+    """
+    xh, resp = L.to_high(x), L.to_high(resp)
+    n, d = xh.shape
+    outer = (xh[:, :, None] * xh[:, None, :]).reshape(n, d * d)
+    second = (resp.T @ outer).reshape(-1, d, d)  # Σ r x xᵀ
+    first = resp.T @ xh  # Σ r x
+    nk = jnp.sum(resp, axis=0)
+    cross = means[:, :, None] * first[:, None, :]
+    return second - cross - jnp.swapaxes(cross, 1, 2) + nk[:, None, None] * means[:, :, None] * means[:, None, :]
+
+
 def _sparse_capacity(num_samples: int, num_components: int) -> int:
     """Static slots per component of the sparse M-step (a few times the average cluster size)."""
     return min(num_samples, 4 * -(-num_samples // num_components) + 64)
@@ -221,7 +240,10 @@ def _estimate_parameters(
     nk = jnp.sum(resp, axis=0) + 10.0 * jnp.finfo(hi).eps  # [K]
     means = L.to_high(L.mm(resp.astype(x.dtype).T, x)) / nk[:, None]  # [K, d]
     if covariance_type == "full":
-        if k > SPARSE_TOP and _sparse_capacity(n, k) < n:
+        d = x.shape[1]
+        if d <= SMALL_DIM:
+            scatter = _scatter_small_dim(x, resp, means)
+        elif k > SPARSE_TOP and _sparse_capacity(n, k) < n:
             sparse, exact = _scatter_sparse(x, resp, means)
             scatter = lax.cond(exact, lambda: sparse, lambda: _scatter_dense(x, resp, means))
         else:
