@@ -289,6 +289,8 @@ def tridiagonal_basis_transpose(reflectors: jax.Array, taus: jax.Array, b: jax.A
     gets a zero vector.
     """
     size = reflectors.shape[0] - 1
+    if taus.shape[0] == 0:  # D <= 1: Q = I
+        return b
     vectors = jnp.tril(reflectors[1:, :-1], -1) + jnp.eye(size, dtype=reflectors.dtype)
     padding = -taus.shape[0] % block  # identity reflectors (zero vectors) fill the last block
     taus = jnp.pad(taus, (0, padding))
