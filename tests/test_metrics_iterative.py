@@ -708,6 +708,26 @@ def test_otce_sinkhorn_matches_exact_w():
     assert _rel(float(ce), ce_ref) < 0.1  # entropic plans spread mass: CE is only close
 
 
+def test_sinkhorn_kernel_form_follows_the_log_domain_iterates():
+    from mspider_jax.metrics import _ot, otce
+
+    rng = np.random.default_rng(5)
+    source, target = rng.normal(size=(120, 16)).astype(np.float32), rng.normal(size=(200, 16)).astype(np.float32) + 0.3
+    with L.precision_scope():
+        cost = otce.squared_distances(jnp.asarray(source), jnp.asarray(target))
+        # small ε: many absorptions (|log u| > ABSORB_LOG) and ε stages on the way
+        options = dict(eps_rel=1e-3, tol=1e-4)
+        plan, iterations = jax.jit(lambda c: _ot.sinkhorn(c, **options))(cost)
+        reference, reference_iterations = jax.jit(lambda c: _ot.sinkhorn_log_domain(c, **options))(cost)
+    plan, reference = np.asarray(plan, np.float64), np.asarray(reference, np.float64)
+    # the same iterations up to float32 rounding, which can end a stage one iteration apart
+    assert abs(int(iterations) - int(reference_iterations)) <= 0.02 * int(reference_iterations) and int(iterations) < 5000
+    np.testing.assert_allclose(plan.sum(axis=0), 1 / 200, rtol=1e-4)  # columns exact after each update
+    np.testing.assert_allclose(plan.sum(axis=1), 1 / 120, rtol=1e-2)
+    np.testing.assert_allclose(plan, reference, atol=1e-3 * reference.max())
+    np.testing.assert_allclose((plan * np.asarray(cost)).sum(), (reference * np.asarray(cost)).sum(), rtol=1e-5)
+
+
 def test_otce_target_subsampling():
     full = metrics.score("otce", **OT_INPUTS)
     sub = [metrics.score("otce", **OT_INPUTS, max_target_samples=40, key=jax.random.key(s)) for s in (0, 0, 1)]

@@ -1,8 +1,10 @@
 """Optimal transport between two empirical measures with uniform weights (for OTCE).
 
-* `sinkhorn`: entropic OT in the log domain, in JAX, with ε-scaling. The potentials (f, g) define
-  the plan Π_ij = exp((f_i + g_j - C_ij)/ε); each iteration makes the rows and then the columns sum
-  to the marginals exactly (logsumexp updates, so no kernel under/overflow at small ε). ε decreases
+* `sinkhorn`: entropic OT in JAX with ε-scaling. The potentials (f, g) define the plan
+  Π_ij = exp((f_i + g_j - C_ij)/ε); each iteration makes the rows and then the columns sum to the
+  marginals exactly. `sinkhorn_log_domain` does it with logsumexp updates; `sinkhorn` (used) does the
+  same iterations as matrix-vector products on a stabilised kernel, absorbing the scalings into
+  (f, g) before they leave float32 range. ε decreases
   geometrically (×`decay` per stage, warm-started) from max(C) to the final
   ε = `eps_rel`·mean(C); a stage ends when the row-marginal L1 error is below `tol` (or after
   `max_stage_iterations`), the solve ends at the final ε under the same test or after
@@ -33,6 +35,7 @@ TOL = 1e-6
 MAX_ITERATIONS = 5000
 MAX_STAGE_ITERATIONS = 100
 MAX_ASSIGNMENT_SIZE = 6000
+ABSORB_LOG = 30.0  # |log| of a Sinkhorn scaling above which it is absorbed into the potentials
 
 
 def sinkhorn(
@@ -44,7 +47,87 @@ def sinkhorn(
     max_iterations: int = MAX_ITERATIONS,
     max_stage_iterations: int = MAX_STAGE_ITERATIONS,
 ) -> tuple[jax.Array, jax.Array]:
-    """Entropic OT with uniform marginals for cost [Ns, Nt] -> (plan [Ns, Nt], iterations run)."""
+    """Entropic OT with uniform marginals for cost [Ns, Nt] -> (plan [Ns, Nt], iterations run).
+
+    The iterates of `sinkhorn_log_domain`, in the stabilised kernel form: the plan is
+    diag(u)·K·diag(v) with K = exp((f_i + g_j - C_ij)/ε), so an iteration is two matrix-vector
+    products (u = a/Kv, v = b/Kᵀu) instead of two logsumexps over the whole matrix (0.4-0.5 ms
+    against 3.4-4.2 ms each at 2000x2000 on 2 CPU cores). The scalings are absorbed into the
+    potentials (f += ε·log u, g += ε·log v, K recomputed) whenever ε changes and whenever
+    |log u| or |log v| exceeds `ABSORB_LOG`, so K and the scalings stay in float32 range.
+    """
+    ns, nt = cost.shape
+    a = 1.0 / ns
+    b = 1.0 / nt
+    eps_final = eps_rel * jnp.mean(cost)
+    eps_start = jnp.maximum(jnp.max(cost), eps_final)
+
+    def epsilon(stage):
+        return jnp.maximum(eps_final, eps_start * decay ** stage.astype(cost.dtype))
+
+    def kernel(f, g, eps):
+        return jnp.exp((f[:, None] + g[None, :] - cost) / eps)
+
+    def scaling_iterations(state):
+        """Iterations on one kernel K (loop-invariant, so never copied) until the stage ends, the
+        solve converges or a scaling grows too large."""
+        iteration, stage, stage_iteration, f, g, _ = state
+        eps = epsilon(stage)
+        k = kernel(f, g, eps)
+        final = eps <= eps_final
+
+        def cond(inner):
+            iteration, _, _, _, leave = inner
+            return (iteration < max_iterations) & ~leave
+
+        def body(inner):
+            iteration, stage_iteration, u, v, _ = inner
+            new_u = a / (k @ v)
+            # The rows of the current plan sum to u·Kv = a·u/new_u (the columns are exact after
+            # every column update): the row-marginal L1 error of `sinkhorn_log_domain`.
+            error = jnp.sum(jnp.abs(u / new_u - 1.0)) / ns
+            converged = (error < tol) & (iteration > 0)
+            done = final & converged
+            new_v = b / (new_u @ k)
+            u = jnp.where(done, u, new_u)
+            v = jnp.where(done, v, new_v)
+            stage_done = ~final & (converged | (stage_iteration + 1 >= max_stage_iterations))
+            large = jnp.maximum(jnp.max(jnp.abs(jnp.log(u))), jnp.max(jnp.abs(jnp.log(v)))) > ABSORB_LOG
+            leave = done | stage_done | large
+            # packed: stage_iteration counts on; a finished stage or solve is signalled by sign
+            code = jnp.where(done, -2, jnp.where(stage_done, -1, stage_iteration + 1))
+            return iteration + 1, code, u, v, leave
+
+        ones_u, ones_v = jnp.ones((ns,), cost.dtype), jnp.ones((nt,), cost.dtype)
+        iteration, code, u, v, _ = lax.while_loop(cond, body, (iteration, stage_iteration, ones_u, ones_v, jnp.asarray(False)))
+        f, g = f + eps * jnp.log(u), g + eps * jnp.log(v)  # absorb the scalings
+        done = code == -2
+        next_stage = jnp.where(code == -1, stage + 1, stage)
+        next_stage_iteration = jnp.where(code < 0, 0, code)
+        return iteration, next_stage, next_stage_iteration, f, g, done
+
+    def cond(state):
+        iteration, *_, done = state
+        return (iteration < max_iterations) & ~done
+
+    zeros_f = jnp.zeros((ns,), cost.dtype)
+    zeros_g = jnp.zeros((nt,), cost.dtype)
+    start = (jnp.int32(0), jnp.int32(0), jnp.int32(0), zeros_f, zeros_g, jnp.asarray(False))
+    iterations, stage, _, f, g, _ = lax.while_loop(cond, scaling_iterations, start)
+    return kernel(f, g, epsilon(stage)), iterations
+
+
+def sinkhorn_log_domain(
+    cost: jax.Array,
+    *,
+    eps_rel: float = EPS_REL,
+    decay: float = DECAY,
+    tol: float = TOL,
+    max_iterations: int = MAX_ITERATIONS,
+    max_stage_iterations: int = MAX_STAGE_ITERATIONS,
+) -> tuple[jax.Array, jax.Array]:
+    """`sinkhorn` written with two logsumexps per iteration (the reference form: the same iterates,
+    ~8x slower per iteration on CPU, where the exps dominate)."""
     ns, nt = cost.shape
     log_a = -math.log(ns)
     log_b = -math.log(nt)

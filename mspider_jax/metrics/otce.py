@@ -18,7 +18,9 @@ Conventions:
   `otce_components(...)` returns (W, CE) for any other combination.
 
 Solvers (`_ot.py`):
-  solver="sinkhorn" (default): log-domain entropic OT in JAX with ε-scaling down to
+  solver="sinkhorn" (default): entropic OT in JAX (the log-domain iterates, run as matrix-vector
+    products on a stabilised kernel: 0.15 s instead of 0.84 s for the benchmark's 2000x2000 cost on
+    2 CPU cores, same 144 iterations, scores equal to 8e-7) with ε-scaling down to
     ε = eps_rel·mean(C) (eps_rel = 2e-3), stopping at a row-marginal L1 error of 1e-3 (at most 5000
     iterations; 1e-4 moved W by 1e-6 and CE by 2e-4 relative at 2.5x the iterations). W is within
     ~1e-3 relative of the exact optimum, but CE is biased upwards, because the entropic plan spreads
