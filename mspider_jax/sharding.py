@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -199,8 +200,6 @@ def array_from_row_arrays(
     whole shard and one transfer that nothing overlaps with: on an H200, 10 stacked medium models
     scored 0.5-0.8x as fast as 10 separate calls.
     """
-    import jax.numpy as jnp  # noqa: PLC0415 -- only needed here
-
     shape = tuple(int(d) for d in shape)
     target = batch_sharding(device_mesh, axis_name)
     shards = []

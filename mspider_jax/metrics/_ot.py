@@ -23,6 +23,7 @@ Conventions: a = 1/Ns, b = 1/Nt; cost C [Ns, Nt]; plans sum to 1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,17 @@ MAX_ITERATIONS = 5000
 MAX_STAGE_ITERATIONS = 100
 MAX_ASSIGNMENT_SIZE = 6000
 ABSORB_LOG = 30.0  # |log| of a Sinkhorn scaling above which it is absorbed into the potentials
+
+
+def _epsilon_schedule(cost: jax.Array, eps_rel: float, decay: float) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """(final ε = eps_rel·mean(C), stage -> ε): geometric from max(C) down to the final ε."""
+    eps_final = eps_rel * jnp.mean(cost)
+    eps_start = jnp.maximum(jnp.max(cost), eps_final)
+
+    def epsilon(stage: jax.Array) -> jax.Array:
+        return jnp.maximum(eps_final, eps_start * decay ** stage.astype(cost.dtype))
+
+    return eps_final, epsilon
 
 
 def sinkhorn(
@@ -59,11 +71,7 @@ def sinkhorn(
     ns, nt = cost.shape
     a = 1.0 / ns
     b = 1.0 / nt
-    eps_final = eps_rel * jnp.mean(cost)
-    eps_start = jnp.maximum(jnp.max(cost), eps_final)
-
-    def epsilon(stage):
-        return jnp.maximum(eps_final, eps_start * decay ** stage.astype(cost.dtype))
+    eps_final, epsilon = _epsilon_schedule(cost, eps_rel, decay)
 
     def kernel(f, g, eps):
         return jnp.exp((f[:, None] + g[None, :] - cost) / eps)
@@ -131,11 +139,7 @@ def sinkhorn_log_domain(
     ns, nt = cost.shape
     log_a = -math.log(ns)
     log_b = -math.log(nt)
-    eps_final = eps_rel * jnp.mean(cost)
-    eps_start = jnp.maximum(jnp.max(cost), eps_final)
-
-    def epsilon(stage):
-        return jnp.maximum(eps_final, eps_start * decay ** stage.astype(cost.dtype))
+    eps_final, epsilon = _epsilon_schedule(cost, eps_rel, decay)
 
     def cond(state):
         iteration, _, _, _, _, done = state
