@@ -251,6 +251,30 @@ def test_sfda_float32_rank_deficient_features_stay_finite():
     assert np.isfinite(got32) and 0 < got64 <= 1
     assert _rel(got32, got64) < 1e-3
 
+@pytest.mark.parametrize("name", ["sfda", "ped"])
+def test_sfda_and_ped_with_fewer_samples_than_dimensions_stay_finite(name):
+    """10 samples per class of 128-dim float32 features (N - C < D): Σ_w is rank-deficient by its
+    shape and s sits at its 1e-10 floor; the float32 Gram's rounding made the Cholesky factor NaN."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(50) % 5
+    # Within-class spread dominated by two directions (variance ~16) spread over every coordinate,
+    # the rest small (0.04): the float32 Gram's rounding then exceeds s·tr(Σ_w)/D in the null space.
+    spread = 0.2 * rng.normal(size=(50, 128))
+    spread[:, :2] *= 20
+    spread = spread @ np.linalg.qr(rng.normal(size=(128, 128)))[0]
+    features = (1.0 + rng.normal(size=(5, 128))[labels] + spread).astype(np.float32)
+    inputs = dict(features=features, labels=labels)
+    if name == "ped":
+        inputs["source_features"] = rng.normal(size=(200, 128)).astype(np.float32)
+    got32 = metrics.score(name, **inputs)
+    got64 = metrics.score(name, **{k: v.astype(np.float64) if v.dtype == np.float32 else v
+                                  for k, v in inputs.items()})
+    assert np.isfinite(got32) and 0 < got32 <= 1
+    assert _rel(got32, got64) < 1e-6
+    if name == "sfda":
+        assert _rel(got32, np_sfda(features, labels, round_to=np.float32)) < 1e-6
+
+
 def test_sfda_power_iteration_is_three_steps(rng):
     a = rng.normal(size=(6, 6))
     a = a @ a.T

@@ -132,6 +132,8 @@ def ped(
         raise ValueError(f"ped: source_features have D={source_features.shape[1]} but features have D={features.shape[1]}")
     mean, std = source_standardization(source_features, std_floor)
     centred, means, counts = sfda_lib.class_centred(features, labels, num_classes)
+    if sfda_lib.gram_in_high_precision(features.shape[0], features.shape[1], num_classes):
+        centred = L.to_high(centred)  # Σ_w rank-deficient by its shape: see sfda's docstring
     within_cov = L.gram(centred) / features.shape[0]
     # Standardised centres and radii R_c = sqrt(Σ_d var_cd) from the class-centred features
     # (no cancellation): Σ_d var_cd = mean over class c of Σ_d (x_id - μ_cd)²/σ_d².

@@ -24,7 +24,11 @@ subtraction) go through the O(N·D²) Gram in the input dtype, and ConfMix write
 the reference; the shrinkage, the Cholesky solve, the logits and the softmaxes run in float64 when
 available (`_linalg.precision_scope`). With a float32 Gram, s is floored at 1e-6 instead of 1e-10
 (FLOAT32_SHRINKAGE_FLOOR: below the Gram's rounding level, rank-deficient features give an
-indefinite covariance and a NaN score); the float64 path follows the reference exactly.
+indefinite covariance and a NaN score); the float64 path follows the reference exactly. When Σ_w is
+rank-deficient by its shape (N - C < D: few samples, e.g. 10 per class of 128-dim features), its
+null space is held up by the shrinkage term s·tr(Σ_w)/D alone, which a float32 Gram's rounding
+(relative to the LARGEST eigenvalue) can exceed whatever the floor; there the Gram is formed in
+float64 (cheap: N < D + C rows) and the reference's 1e-10 floor is kept, as its float64 np.cov does.
 
 Complexity: two Grams O(N·D²), two Cholesky factorisations O(D³), logits O(N·D·C); memory O(N·D + D²).
 """
@@ -56,7 +60,15 @@ def within_class_covariance(
       (Σ_w [D, D], means [C, D], counts [C]), all in high_dtype().
     """
     centred, means, counts = class_centred(x, labels, num_classes)
+    if gram_in_high_precision(x.shape[0], x.shape[1], num_classes):
+        centred = L.to_high(centred)
     return L.gram(centred) / x.shape[0], means, counts
+
+
+def gram_in_high_precision(num_samples: int, dim: int, num_classes: int) -> bool:
+    """Whether Σ_w's Gram runs in high_dtype(): when Σ_w is rank-deficient by its shape (N - C < D)
+    and the backend has float64 (see the module docstring)."""
+    return num_samples - num_classes < dim and L.high_dtype() == jnp.float64
 
 
 def class_centred(x: jax.Array, labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -112,7 +124,8 @@ def shrunk_lda_log_proba(
     Returns:
       [N, C] log probabilities in high_dtype().
     """
-    if L.compute_dtype(x) == jnp.float32:
+    exact_gram = gram_in_high_precision(x.shape[0], x.shape[1], means.shape[0])
+    if L.compute_dtype(x) == jnp.float32 and not exact_gram:
         # The reference's s floor is 1e-10 on a float64 covariance. A float32 Gram of rank-deficient
         # features (s at the floor when the features are large) is indefinite by rounding, far above
         # that: its Cholesky factor would be NaN. Floor s at the Gram's rounding level instead; where
