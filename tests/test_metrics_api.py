@@ -107,6 +107,17 @@ def test_jit_and_eager_agree(name):
     assert eager == pytest.approx(jitted, rel=1e-6)
 
 
+def test_clear_compiled_drops_the_programs_and_scores_stay_equal():
+    from mspider_jax.metrics import _dispatch
+
+    before = M.score("hscore", features=FEATURES, labels=LABELS)
+    assert _dispatch._COMPILED
+    M.clear_compiled()
+    assert not _dispatch._COMPILED
+    assert M.score("hscore", features=FEATURES, labels=LABELS) == before
+    assert _dispatch._COMPILED
+
+
 @pytest.mark.parametrize("name", ["hscore", "logme"])
 def test_score_zoo_equals_loop_and_groups_dims(name):
     zoo = [FEATURES, OTHER.features, FEATURES * np.float32(0.5) + np.float32(1.0)]

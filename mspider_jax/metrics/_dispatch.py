@@ -37,6 +37,19 @@ PER_MODEL_INPUTS = ("features", "logits", "source_features")
 _COMPILED: dict[tuple, Any] = {}
 
 
+def clear_compiled() -> None:
+    """Drops every compiled metric program (ours and JAX's caches).
+
+    Each (metric, options, input shapes) compiles once and stays cached for the life of the
+    process. A long job that scores many differently shaped tasks (class counts, sample counts)
+    accumulates thousands of executables; on CPU each holds memory mappings of its JIT code, and
+    the process can run out of them ("LLVM compilation error: Cannot allocate memory"). Call this
+    between batches of such work; the next call of a metric compiles again.
+    """
+    _COMPILED.clear()
+    jax.clear_caches()
+
+
 def _accepts(fn: Any, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
