@@ -128,5 +128,23 @@ def test_study_report_and_plot(study, tmp_path):
     png = sample_size.plot(result, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sample_size.save_json(result, tmp_path / "r.json")
-    data = __import__("json").loads((tmp_path / "r.json").read_text())
-    assert data["per_class"] == [3, 0] and set(data["tau"]) == set(result.methods)
+    loaded = sample_size.load_json(tmp_path / "r.json")
+    assert loaded.per_class == [3, 0] and loaded.methods == result.methods
+    for method in result.methods:
+        np.testing.assert_array_equal(loaded.tau[method], result.tau[method])
+    assert sample_size.format_report(loaded) == report
+
+
+def test_partial_failures_are_compared_on_the_targets_scored():
+    tau = {"Model Spider (k=3)": np.array([[0.5, 0.7, 0.9]]),
+           "etran": np.array([[np.nan, 0.8, 0.6]])}
+    result = sample_size.SampleSizeResult(
+        [5], ["a", "b", "c"], list(tau), tau, np.array([10.0, 10.0, 10.0]),
+        dict(repeats=1, failures={"etran": {"5": 1}},
+             failure_examples={"etran": {"5": "a: etran: needs at least 200 samples"}}))
+    report = sample_size.format_report(result)
+    assert "| etran | fails on 1/3 |" in report
+    assert "| Model Spider (k=3) | **0.700** |" in report
+    assert "* etran, n=5: a: etran: needs at least 200 samples" in report
+    # On the two targets etran scores: its mean 0.7 next to Model Spider's 0.8 on the same targets.
+    assert "| etran | n=5 | 2/3 | 0.700 | 0.800 |" in report

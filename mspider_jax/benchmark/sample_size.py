@@ -249,11 +249,45 @@ def format_report(result: SampleSizeResult) -> str:
                   for n, text in sorted(per.items(), key=lambda item: int(item[0]))[:1])
     if why:
         why = "\n\nWhy methods fail (first failure of each, at its smallest n):" + why
-    return "\n".join(lines) + why + (
+    why += _partial_comparison(result)
+    return "\n".join(lines) + (
         f"\n\nWeighted tau (raw, truth first) against the full tasks' ground truth, mean over the "
         f"{len(result.datasets)} targets; n = samples per class kept (mean over {result.info['repeats']} "
-        f"draws per target). Bold: best of the column (the task-agnostic constant prior excluded). "
-        f"Median samples per class of the full targets: {sizes}.\n")
+        f"draws per target). Bold: best of the column among the methods that score every target "
+        f"(the task-agnostic constant prior excluded). Median samples per class of the full "
+        f"targets: {sizes}.") + why + "\n"
+
+
+def _partial_comparison(result: SampleSizeResult) -> str:
+    """Markdown: each method that fails on some targets, on the targets it does score, next to the
+    first Model Spider row on the same targets (a mean over fewer targets is not comparable with
+    the table's)."""
+    spider = next((m for m in result.methods if m.startswith("Model Spider (k=")),
+                  next((m for m in result.methods if m.startswith("Model Spider")), None))
+    if spider is None:
+        return ""
+    rows = []
+    for method in result.methods:
+        for p, n in enumerate(result.per_class):
+            scored = ~np.isnan(result.tau[method][p])
+            if scored.any() and not scored.all() and not np.isnan(result.tau[spider][p][scored]).any():
+                rows.append(f"| {method} | {_column_name(n)} | {int(scored.sum())}/{len(scored)} | "
+                            f"{result.tau[method][p][scored].mean():.3f} | "
+                            f"{result.tau[spider][p][scored].mean():.3f} |")
+    if not rows:
+        return ""
+    return ("\n\nMethods that fail on some targets, on the targets they score (mean weighted tau):\n\n"
+            f"| method | n | targets scored | method | {spider} |\n|---|---|---:|---:|---:|\n"
+            + "\n".join(rows))
+
+
+def load_json(path: str | pathlib.Path) -> SampleSizeResult:
+    """A result written by `save_json` (to redo the report or the plot without rerunning)."""
+    data = json.loads(pathlib.Path(path).read_text())
+    tau = {m: np.array([[np.nan if x is None else x for x in row] for row in rows], np.float64)
+           for m, rows in data["tau"].items()}
+    return SampleSizeResult(list(data["per_class"]), list(data["datasets"]), list(tau), tau,
+                            np.asarray(data["median_class_size"], np.float64), data["info"])
 
 
 def plot(result: SampleSizeResult, path: str | pathlib.Path) -> pathlib.Path:
