@@ -118,6 +118,22 @@ def test_clear_compiled_drops_the_programs_and_scores_stay_equal():
     assert _dispatch._COMPILED
 
 
+def test_compiled_programs_are_bounded(monkeypatch):
+    from mspider_jax.metrics import _dispatch
+
+    M.clear_compiled()
+    monkeypatch.setattr(_dispatch, "MAX_COMPILED_PROGRAMS", 3)
+    expected, counts = [], []
+    for rows in (40, 41, 42, 43, 44):  # every N is a new specialisation of the same function
+        expected.append(M.score("hscore", features=FEATURES[:rows], labels=LABELS[:rows]))
+        counts.append(M.compiled_program_count())
+    assert counts == [1, 2, 3, 1, 2]  # the 4th call found 3 programs cached and dropped them
+    again = [M.score("hscore", features=FEATURES[:rows], labels=LABELS[:rows]) for rows in (40, 41)]
+    assert again == expected[:2]
+    M.score_zoo("hscore", features=[FEATURES[:45], FEATURES[:45]], labels=LABELS[:45])
+    assert M.compiled_program_count() <= 3
+
+
 @pytest.mark.parametrize("name", ["hscore", "logme"])
 def test_score_zoo_equals_loop_and_groups_dims(name):
     zoo = [FEATURES, OTHER.features, FEATURES * np.float32(0.5) + np.float32(1.0)]

@@ -37,17 +37,33 @@ PER_MODEL_INPUTS = ("features", "logits", "source_features")
 _COMPILED: dict[tuple, Any] = {}
 
 
+# Compiled metric programs kept before the next metric call drops them all (see clear_compiled).
+MAX_COMPILED_PROGRAMS = 400
+
+
 def clear_compiled() -> None:
     """Drops every compiled metric program (ours and JAX's caches).
 
     Each (metric, options, input shapes) compiles once and stays cached for the life of the
     process. A long job that scores many differently shaped tasks (class counts, sample counts)
     accumulates thousands of executables; on CPU each holds memory mappings of its JIT code, and
-    the process can run out of them ("LLVM compilation error: Cannot allocate memory"). Call this
-    between batches of such work; the next call of a metric compiles again.
+    the process can run out of them ("LLVM compilation error: Cannot allocate memory"; it crashed
+    after ~1000 metric programs on the 2-core machine). `score`, `score_components` and `score_zoo`
+    therefore call this themselves once MAX_COMPILED_PROGRAMS programs are cached; call it directly
+    between batches of work whose shapes will not come back. The next call of a metric compiles again.
     """
     _COMPILED.clear()
     jax.clear_caches()
+
+
+def compiled_program_count() -> int:
+    """Compiled programs (one per input-shape specialisation) held by the cached metric functions."""
+    return sum(fn._cache_size() for fn in _COMPILED.values() if hasattr(fn, "_cache_size"))
+
+
+def _limit_compiled_programs() -> None:
+    if compiled_program_count() >= MAX_COMPILED_PROGRAMS:
+        clear_compiled()
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -228,6 +244,7 @@ def score_components(
 ) -> np.ndarray:
     """The raw output of a metric for one model as a NumPy array (a scalar array, or for zoo-relative
     metrics such as NCTI/ETran their per-model components [K]). Arguments as in `score`."""
+    _limit_compiled_programs()
     spec = get(name)
     inputs = {"features": features, "logits": logits, "source_features": source_features, "source_labels": source_labels}
     prepared = _prepare_shared(
@@ -513,6 +530,7 @@ def score_zoo(
     relative; a model alone in its group is bit-identical). Zoo-relative metrics (NCTI, ETran) combine
     their per-model components with the metric's `combine_zoo`.
     """
+    _limit_compiled_programs()
     spec = get(name)
     per_input = {k: _as_model_list(k, v) for k, v in (("features", features), ("logits", logits), ("source_features", source_features))}
     lengths = {k: len(v) for k, v in per_input.items() if v is not None and k in spec.needs}
