@@ -19,7 +19,8 @@ Conventions:
     equal scores for every model, which order nothing) gets no mean for that `n`; the report says
     on how many targets it failed and why.
   * Subsampled entries go to WORKDIR/store as dataset "<dataset>@n<n>r<repeat>" (resumable: entries
-    already written are kept); metric scores are cached in WORKDIR/cache like the benchmark's.
+    already written are kept); metric scores are cached like the benchmark's (WORKDIR/cache, or
+    `config.metrics.cache_dir`: pointing it at a benchmark run's cache reuses its full-data scores).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     rerank_k = config.spider.rerank_k if config.spider.rerank_k >= 0 else int(
         run_config.eval.get("rerank_k", 3))
     sub_store = FeatureStore(workdir / "store")
-    cache_dir = str(workdir / "cache")
+    cache_dir = config.metrics.cache_dir or str(workdir / "cache")  # as the benchmark's
     columns = sorted(set(sizes)) + ([FULL] if include_full else [])
     tau: dict[str, np.ndarray] = {}
     failures: dict[str, dict[int, int]] = {}
