@@ -14,6 +14,7 @@ score); `load_ranker(workdir)` reads `best/` (or `ckpt/` if there is no best).
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 from typing import Any
@@ -25,6 +26,12 @@ from flax import nnx
 
 LATEST_DIR = "ckpt"
 BEST_DIR = "best"
+
+
+def drop_orbax_info(record: logging.LogRecord) -> bool:
+    """A logging filter for the absl handler or logger of a command: orbax logs every checkpoint
+    operation at INFO; this keeps its warnings and errors and drops the chatter."""
+    return "orbax" not in record.pathname or record.levelno >= logging.WARNING
 
 
 def abstract_like(tree: Any) -> Any:

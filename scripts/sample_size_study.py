@@ -11,7 +11,6 @@ add it with --config.metrics.names). Subsamples and metric scores are cached in 
 interrupted run resumes.
 """
 
-import logging as std_logging
 import pathlib
 
 from absl import app
@@ -36,8 +35,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(
-        lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING)
+    from mspider_jax import checkpointing  # after flag parsing: jax starts only for a real run
+
+    logging.get_absl_handler().addFilter(checkpointing.drop_orbax_info)
     from mspider_jax import metrics
     from mspider_jax.benchmark import sample_size
 

@@ -6,7 +6,6 @@ Rerunning with the same workdir resumes from its last checkpoint. Fields are ove
 `--config.train.epochs=5` (the config is locked, so typos fail).
 """
 
-import logging as std_logging
 
 from absl import app
 from absl import flags
@@ -23,10 +22,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    # Orbax logs every checkpoint operation at INFO; keep its warnings, drop the chatter.
-    logging.get_absl_handler().addFilter(
-        lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING)
-    from mspider_jax.spider import train_lib  # after flag parsing: jax starts only for a real run
+    # After flag parsing: jax starts only for a real run.
+    from mspider_jax import checkpointing
+    from mspider_jax.spider import train_lib
+
+    logging.get_absl_handler().addFilter(checkpointing.drop_orbax_info)
 
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

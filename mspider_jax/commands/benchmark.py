@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.set_verbosity(logging.INFO)  # training progress when the ranker is (re)trained
     # Orbax logs every checkpoint operation at INFO: keep its warnings only.
-    std_logging.getLogger("absl").addFilter(
-        lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING)
+    from mspider_jax import checkpointing
+
+    std_logging.getLogger("absl").addFilter(checkpointing.drop_orbax_info)
     library_log = std_logging.getLogger("mspider_jax")
     if not any(getattr(h, "is_benchmark_handler", False) for h in library_log.handlers):
         handler = std_logging.StreamHandler(sys.stderr)
