@@ -71,9 +71,11 @@ def test_write_subsamples_takes_the_same_rows_of_every_model(tmp_path):
 def test_write_subsamples_refuses_models_with_other_samples(tmp_path):
     labels_b = np.repeat(np.arange(3), [4, 6, 8])
     store, _ = _store(tmp_path, labels_b=labels_b)
+    out = FeatureStore(tmp_path / "sub")
     with pytest.raises(ValueError, match="labels of b differ"):
-        sample_size.write_subsamples(store, FeatureStore(tmp_path / "sub"), ["task"],
-                                     ["a", "b"], split="train", per_class=3, repeats=1)
+        sample_size.write_subsamples(store, out, ["task"], ["a", "b"], split="train", per_class=3,
+                                     repeats=1)
+    assert out.entries() == []  # nothing half-written: not even model a's subsample
 
 
 @pytest.fixture(scope="module")

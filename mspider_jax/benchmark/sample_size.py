@@ -76,20 +76,20 @@ def write_subsamples(store, out_store, datasets: Sequence[str], models: Sequence
     """
     names = []
     for dataset in datasets:
-        labels = np.asarray(store.read(dataset, split, models[0]).labels)
+        # Every model is checked before anything is written: a mismatch leaves no partial dataset.
+        entries = {model: store.read(dataset, split, model) for model in models}  # memory-mapped
+        labels = np.asarray(entries[models[0]].labels)
+        for model, entry in entries.items():
+            if not np.array_equal(np.asarray(entry.labels), labels):
+                raise ValueError(f"{dataset}/{split}: the labels of {model} differ from those of "
+                                 f"{models[0]} (not the same samples in the same order)")
         row = []
         for repeat in range(repeats):
             name = subsample_name(dataset, per_class, repeat)
-            index = None
-            for model in models:
+            index = subsample_indices(labels, per_class, (seed, per_class, repeat))
+            for model, entry in entries.items():
                 if out_store.has(name, split, model):
                     continue
-                entry = store.read(dataset, split, model)
-                if not np.array_equal(np.asarray(entry.labels), labels):
-                    raise ValueError(f"{dataset}/{split}: the labels of {model} differ from those of "
-                                     f"{models[0]} (not the same samples in the same order)")
-                if index is None:
-                    index = subsample_indices(labels, per_class, (seed, per_class, repeat))
                 logits = None if entry.logits is None else np.asarray(entry.logits)[index]
                 out_store.write(name, split, model, features=np.asarray(entry.features)[index],
                                 labels=labels[index], logits=logits, overwrite=True,
