@@ -6,7 +6,7 @@ call (`score`, or `score_components` for zoo-relative metrics). Reported per met
 wall time over `repeats` calls after one compiling call, and its ratio to the *floor* measured in the
 same run: one jitted float32 `F.T @ F` plus `jnp.linalg.eigh` of the D×D result (NumPy's floor is
 printed too). A second table times scoring a zoo of `zoo_size` models in one `score_zoo` call vs
-`zoo_size` separate `score` calls.
+`zoo_size` separate `score` calls, both timed in alternating order in each of `zoo_rounds` rounds.
 
 The reference times and targets of issue 3 (N=10000, D=2048, C=100, Cs=1000, the "medium" size) are
 shown next to the medium results.
@@ -61,6 +61,25 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_times(first: Callable[[], object], second: Callable[[], object], rounds: int) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of `first` and `second`, timed in alternating order over `rounds` rounds.
+
+    Round r runs first-then-second when r is even and second-then-first when it is odd, so that
+    neither side always runs right after the other's allocations or always runs first on a machine
+    whose speed drifts. Returns (first's times, second's times), one per round.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for side in order:
+            start = time.perf_counter()
+            (first, second)[side]()
+            times[side].append(time.perf_counter() - start)
+    return times[0], times[1]
 
 
 def measure_floor(features: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -139,13 +158,18 @@ def run(
     repeats: int = 3,
     zoo_size: int = 10,
     zoo_metrics: Sequence[str] = ("hscore", "logme", "leep"),
+    zoo_rounds: int = 3,
     log: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """Runs the benchmark; returns the markdown report (also streamed line by line to `log`).
 
     `progress` receives one line per finished metric with the elapsed time and an ETA (default: none).
+    The zoo table times `score_zoo` and the loop of `score` calls side by side (`paired_times`) over
+    `zoo_rounds` rounds.
     """
+    if zoo_rounds < 1:
+        raise ValueError(f"zoo_rounds must be >= 1, got {zoo_rounds}")
     progress = progress or (lambda message: None)
     names = list(metrics) if metrics is not None else list(M.names())
     for name in (*names, *zoo_metrics):
@@ -201,8 +225,11 @@ def run(
             emit()
             emit(f"Zoo of {zoo_size} models: one `score_zoo` call vs {zoo_size} `score` calls (after compilation).")
             emit()
-            emit("| metric | score_zoo s | separate s | ratio |")
-            emit("|---|---:|---:|---:|")
+            emit(f"Medians of {zoo_rounds} rounds; each round times both, in alternating order. Ratio: separate / "
+                 "score_zoo (> 1: score_zoo is faster); the last column is its range over the rounds.")
+            emit()
+            emit("| metric | score_zoo s | separate s | ratio | per-round ratios |")
+            emit("|---|---:|---:|---:|---:|")
             for name in zoo_metrics:
                 spec = M.get(name)
                 per_model = {k: [getattr(m, k) for m in zoo] for k in ("features", "logits", "source_features") if k in spec.needs}
@@ -217,9 +244,11 @@ def run(
                 try:
                     batched()
                     separate()
-                    zoo_seconds = median_time(batched, max(1, repeats // 2))
-                    loop_seconds = median_time(separate, max(1, repeats // 2))
-                    emit(f"| {name} | {zoo_seconds:.3f} | {loop_seconds:.3f} | {loop_seconds / zoo_seconds:.2f}x |")
+                    zoo_times, loop_times = paired_times(batched, separate, zoo_rounds)
+                    ratios = [loop / zoo for zoo, loop in zip(zoo_times, loop_times)]
+                    zoo_seconds, loop_seconds = statistics.median(zoo_times), statistics.median(loop_times)
+                    emit(f"| {name} | {zoo_seconds:.3f} | {loop_seconds:.3f} | {loop_seconds / zoo_seconds:.2f}x "
+                         f"| {min(ratios):.2f}x-{max(ratios):.2f}x |")
                 except Exception as err:  # noqa: BLE001
                     emit(f"| {name} | error: {type(err).__name__}: {str(err)[:120]} | | |")
                 progress(f"[{size} zoo] {name} done; elapsed {time.perf_counter() - started:.0f}s")
