@@ -237,3 +237,59 @@ def test_cli_reads_the_feature_store(tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert [r["model"] for r in rows] == ["m1", "m2"]
     assert float(rows[0]["hscore"]) == pytest.approx(M.score("hscore", features=FEATURES, labels=LABELS), rel=1e-12)
+
+
+def _unaligned(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of x whose data start 4 bytes past a 64-byte boundary."""
+    buffer = np.empty(x.nbytes + 128, np.uint8)
+    start = (-buffer.ctypes.data) % 64 + 4
+    out = buffer[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
+
+
+def test_zero_copy_ready_aligns_only_what_needs_it():
+    from mspider_jax.metrics import _validation as V
+
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    unaligned = _unaligned(x)
+    assert unaligned.ctypes.data % 64 != 0
+    ready = V.zero_copy_ready(unaligned)
+    assert ready.ctypes.data % 64 == 0 and ready.flags.c_contiguous
+    assert ready.dtype == x.dtype and np.array_equal(ready, x)
+    assert V.zero_copy_ready(ready) is ready  # already aligned: no copy
+    transposed = V.zero_copy_ready(np.asarray(ready, np.float64).T)
+    assert transposed.flags.c_contiguous and transposed.ctypes.data % 64 == 0
+    assert np.array_equal(transposed, x.T.astype(np.float64))
+
+
+def test_cpu_backend_adopts_aligned_host_buffers_without_a_copy():
+    # The premise of zero_copy_ready: an aligned NumPy buffer becomes the device buffer itself.
+    from mspider_jax.metrics import _validation as V
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("host buffers are adopted by the CPU backend only")
+    x = np.random.default_rng(1).standard_normal((40, 32)).astype(np.float32)
+    ready = V.zero_copy_ready(_unaligned(x))
+    assert np.shares_memory(np.asarray(jax.device_put(ready)), ready)
+    assert not np.shares_memory(np.asarray(jax.device_put(_unaligned(x))), x)
+
+
+def test_per_model_inputs_reach_the_metric_aligned_and_unchanged(monkeypatch):
+    from mspider_jax.metrics import _dispatch
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), 10)
+    features = rng.standard_normal((40, 12)).astype(np.float32)
+    expected = M.score("hscore", features=features, labels=labels)
+    seen = []
+    original = _dispatch._evaluate
+
+    def spy(spec, prepared, arrays):
+        seen.append({k: v.ctypes.data % 64 for k, v in arrays.items()})
+        return original(spec, prepared, arrays)
+
+    monkeypatch.setattr(_dispatch, "_evaluate", spy)
+    assert M.score("hscore", features=_unaligned(features), labels=labels) == expected
+    if jax.default_backend() == "cpu":
+        assert seen == [{"features": 0}]

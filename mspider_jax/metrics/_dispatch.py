@@ -187,10 +187,16 @@ def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any]
             V.check_num_rows(where, input_name, x, prepared.n)
         elif "source_labels" in prepared.shared and x.shape[0] != prepared.shared["source_labels"].shape[0]:
             raise ValueError(f"{where}: source_features has {x.shape[0]} rows but source_labels have {prepared.shared['source_labels'].shape[0]}")
-        arrays[input_name] = x
+        arrays[input_name] = V.zero_copy_ready(x) if _host_buffers_adopted() else x
     if spec.check_inputs is not None:
         spec.check_inputs({**arrays, **prepared.shared}, prepared.static["num_classes"])
     return arrays
+
+
+def _host_buffers_adopted() -> bool:
+    """Whether inputs reach the computation by adopting host buffers (the CPU backend): only then is
+    an aligned copy worth making (a GPU/TPU transfer reads any host buffer)."""
+    return jax.default_backend() == "cpu"
 
 
 def _compiled(spec: MetricSpec, static: dict[str, Any], traced_names: tuple[str, ...], batched: tuple[str, ...]) -> Any:

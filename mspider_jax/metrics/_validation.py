@@ -68,6 +68,28 @@ def as_float_array(name: str, x: Any, *, ndim: int, metric: str = "", check_fini
     return x
 
 
+# JAX's CPU client adopts a NumPy buffer without copying when its data start on this boundary; any
+# other buffer it copies, slowly: 57-72 ms for 10000 x 2048 float32 on the 2-core dev machine, against
+# 13-21 ms for NumPy's own copy (and NumPy's allocator aligns to 16 bytes only).
+ZERO_COPY_ALIGNMENT = 64
+
+
+def zero_copy_ready(x: np.ndarray, alignment: int = ZERO_COPY_ALIGNMENT) -> np.ndarray:
+    """`x` itself when it is C-contiguous and starts on an `alignment`-byte boundary, else such a copy.
+
+    Feeding the CPU backend through this saves its slower copy (`_dispatch` does so for every
+    per-model input); values and dtype are unchanged.
+    """
+    x = np.asarray(x)
+    if x.flags.c_contiguous and x.ctypes.data % alignment == 0:
+        return x
+    buffer = np.empty(x.nbytes + alignment, np.uint8)
+    start = (-buffer.ctypes.data) % alignment
+    out = buffer[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    np.copyto(out, x)
+    return out
+
+
 def remap_labels(labels: Any, *, name: str = "labels", metric: str = "") -> tuple[np.ndarray, int, np.ndarray]:
     """Classification labels [N] -> (contiguous int32 labels 0..C-1, C, class counts [C]).
 
