@@ -118,7 +118,9 @@ def _zoo(task: SyntheticTask, size: int, seed: int) -> list[SyntheticTask]:
     for m in range(size):
         columns = rng.permutation(task.features.shape[1])
         noise = rng.standard_normal(task.features.shape, dtype=np.float32) * np.float32(0.05 * m)
-        features = np.maximum(task.features[:, columns] * np.float32(1.0 + 0.1 * m) + noise, 0.0)
+        # C order, as features read from a store or converted from torch are (the column gather
+        # alone would leave them in Fortran order, which every call then has to transpose).
+        features = np.ascontiguousarray(np.maximum(task.features[:, columns] * np.float32(1.0 + 0.1 * m) + noise, 0.0))
         logits = task.logits + rng.standard_normal(task.logits.shape, dtype=np.float32) * np.float32(0.1 * m)
         models.append(dataclasses.replace(task, features=features, logits=logits))
     return models
