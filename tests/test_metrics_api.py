@@ -8,6 +8,7 @@ import pytest
 
 from mspider_jax import cli
 from mspider_jax import metrics as M
+from mspider_jax import sharding
 from mspider_jax.metrics import _registry
 from mspider_jax.metrics.synthetic import make_task
 
@@ -281,15 +282,21 @@ def test_per_model_inputs_reach_the_metric_aligned_and_unchanged(monkeypatch):
     rng = np.random.default_rng(2)
     labels = np.repeat(np.arange(4), 10)
     features = rng.standard_normal((40, 12)).astype(np.float32)
-    expected = M.score("hscore", features=features, labels=labels)
-    seen = []
-    original = _dispatch._evaluate
+    expected = [M.score("hscore", features=f, labels=labels) for f in (features, 2 * features)]
+    offsets = []
+    original = _dispatch._ready_for_device
 
-    def spy(spec, prepared, arrays):
-        seen.append({k: v.ctypes.data % 64 for k, v in arrays.items()})
-        return original(spec, prepared, arrays)
+    def spy(arrays):
+        ready = original(arrays)
+        offsets.append({name: x.ctypes.data % 64 for name, x in ready.items()})
+        return ready
 
-    monkeypatch.setattr(_dispatch, "_evaluate", spy)
-    assert M.score("hscore", features=_unaligned(features), labels=labels) == expected
+    monkeypatch.setattr(_dispatch, "_ready_for_device", spy)
+    zoo = [_unaligned(features), _unaligned(2 * features)]
+    assert M.score("hscore", features=zoo[0], labels=labels) == expected[0]
+    one_device = sharding.mesh([jax.devices()[0]])
+    np.testing.assert_allclose(M.score_zoo("hscore", features=zoo, labels=labels, mesh=one_device), expected,
+                               rtol=1e-6)
     if jax.default_backend() == "cpu":
-        assert seen == [{"features": 0}]
+        # score, then each of the zoo's models right before its dispatch.
+        assert offsets == [{"features": 0}] * 3

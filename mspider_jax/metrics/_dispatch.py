@@ -187,7 +187,7 @@ def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any]
             V.check_num_rows(where, input_name, x, prepared.n)
         elif "source_labels" in prepared.shared and x.shape[0] != prepared.shared["source_labels"].shape[0]:
             raise ValueError(f"{where}: source_features has {x.shape[0]} rows but source_labels have {prepared.shared['source_labels'].shape[0]}")
-        arrays[input_name] = V.zero_copy_ready(x) if _host_buffers_adopted() else x
+        arrays[input_name] = x
     if spec.check_inputs is not None:
         spec.check_inputs({**arrays, **prepared.shared}, prepared.static["num_classes"])
     return arrays
@@ -227,8 +227,18 @@ def _check_finite(spec: MetricSpec, values: np.ndarray, model: str = "") -> None
         )
 
 
+def _ready_for_device(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-model inputs as the backend takes them fastest: on CPU 64-byte aligned (adopted in place,
+    `V.zero_copy_ready`). Called right before each model's dispatch, so that in a zoo the copy of
+    one model overlaps the computation of the previous one (copying every model first was slower
+    than a loop of `score` calls)."""
+    if not _host_buffers_adopted():
+        return arrays
+    return {name: V.zero_copy_ready(x) for name, x in arrays.items()}
+
+
 def _evaluate(spec: MetricSpec, prepared: _Prepared, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    traced = {**prepared.shared, **arrays}
+    traced = {**prepared.shared, **_ready_for_device(arrays)}
     names = tuple(sorted(traced))
     with _linalg.precision_scope():
         fn = _compiled(spec, prepared.static, names, ())
@@ -449,7 +459,7 @@ def _score_models(
                 continue
             arrays = model(m)
             if spec.jittable:
-                traced = jax.device_put({**prepared.shared, **arrays}, device)
+                traced = jax.device_put({**prepared.shared, **_ready_for_device(arrays)}, device)
                 fn = _compiled(spec, prepared.static, tuple(sorted(traced)), ())
                 local_single_values[position] = fn(traced)
             else:
