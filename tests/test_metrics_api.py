@@ -300,3 +300,21 @@ def test_per_model_inputs_reach_the_metric_aligned_and_unchanged(monkeypatch):
     if jax.default_backend() == "cpu":
         # score, then each of the zoo's models right before its dispatch.
         assert offsets == [{"features": 0}] * 3
+
+
+def test_zoo_on_one_cpu_device_readies_the_next_model_then_waits_for_the_last(monkeypatch):
+    from mspider_jax.metrics import _dispatch
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the one-in-flight schedule is for CPU devices")
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 8)
+    zoo = [rng.standard_normal((24, 5)).astype(np.float32) for _ in range(3)]
+    expected = [M.score("hscore", features=f, labels=labels) for f in zoo]
+    events = []
+    ready, wait = _dispatch._ready_for_device, jax.block_until_ready
+    monkeypatch.setattr(_dispatch, "_ready_for_device", lambda arrays: (events.append("ready"), ready(arrays))[1])
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: (events.append("wait"), wait(x))[1])
+    scores = M.score_zoo("hscore", features=zoo, labels=labels, mesh=sharding.mesh([jax.devices()[0]]))
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert events == ["ready", "ready", "wait", "ready", "wait"]
