@@ -170,7 +170,12 @@ def _ranker_directory(checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
 
 def load_ranker_meta(checkpoint_dir: str | pathlib.Path, step: int | None = None) -> dict:
     """The meta of the checkpoint `load_ranker` reads: step, model (constructor kwargs),
-    model_names, config."""
+    model_names, config. Not defined for an ensemble directory (each member has its own)."""
+    from mspider_jax.spider import ensemble as ensemble_lib
+
+    if ensemble_lib.is_ensemble(checkpoint_dir):
+        raise ValueError(f"{checkpoint_dir} is an ensemble of rankers: read the meta of a member "
+                         f"({', '.join(str(p) for p in ensemble_lib.member_paths(checkpoint_dir))})")
     checkpoints = Checkpoints(_ranker_directory(checkpoint_dir), max_to_keep=None)
     try:
         return checkpoints.restore_meta(step)
@@ -183,15 +188,21 @@ def load_ranker(checkpoint_dir: str | pathlib.Path,
     """Rebuilds a trained `spider.model.Ranker` for inference.
 
     Args:
-      checkpoint_dir: a training workdir (its best/ checkpoint, else ckpt/), or a checkpoint
-        directory.
+      checkpoint_dir: a training workdir (its best/ checkpoint, else ckpt/), a checkpoint
+        directory, or an ensemble directory (`spider.ensemble`: a `RankerEnsemble` of its members
+        and the first member's config are returned).
       step: a step of that directory; default the latest (the best for best/).
 
     Returns:
       (ranker with restored parameters, the run's config with `model_names` added at its top level).
     """
+    from mspider_jax.spider import ensemble as ensemble_lib
     from mspider_jax.spider import model as model_lib  # the model imports nothing from here
 
+    if ensemble_lib.is_ensemble(checkpoint_dir):
+        if step is not None:
+            raise ValueError(f"{checkpoint_dir} is an ensemble: its members' best steps are used, not step={step}")
+        return ensemble_lib.load_ensemble(checkpoint_dir)
     checkpoints = Checkpoints(_ranker_directory(checkpoint_dir), max_to_keep=None)
     try:
         meta = checkpoints.restore_meta(step)

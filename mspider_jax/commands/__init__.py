@@ -16,5 +16,6 @@ COMMANDS: tuple[str, ...] = (
     "metrics",
     "rank",
     "add-model",
+    "ensemble",
     "benchmark",
 )

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from mspider_jax.spider import data as data_lib
+from mspider_jax.spider import ensemble as ensemble_lib
 from mspider_jax.spider import model as model_lib
 from mspider_jax.spider import prototypes as prototypes_lib
 from mspider_jax.spider import tokens as tokens_lib
@@ -31,8 +32,11 @@ def _scores(graphdef, params, generic, generic_mask, specific, specific_mask):
     return nnx.merge(graphdef, params)(generic, generic_mask, specific, specific_mask)
 
 
-def score_batch(ranker: model_lib.Ranker, batch: data_lib.Batch) -> np.ndarray:
-    """Deterministic scores [B, M] of a padded batch (jit-compiled once per batch shape)."""
+def score_batch(ranker: model_lib.Ranker | ensemble_lib.RankerEnsemble, batch: data_lib.Batch) -> np.ndarray:
+    """Deterministic scores [B, M] of a padded batch (jit-compiled once per batch shape); for an
+    ensemble the mean of its members' scores."""
+    if isinstance(ranker, ensemble_lib.RankerEnsemble):
+        return np.mean([score_batch(member, batch) for member in ranker.members], axis=0)
     graphdef, params = nnx.split(ranker)
     return np.asarray(
         _scores(graphdef, params, batch.generic, batch.generic_mask, batch.specific,
