@@ -65,6 +65,9 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
         k_min=0, k_max=10,      # PTMs enriched with their own tokens per batch: k ~ U{k_min..k_max}
         log_every_steps=50, eval_every_epochs=1, checkpoint_every_steps=500, max_checkpoints=2,
         stop_after_step=-1,     # > 0: stop after this step as if killed (tests of resuming)
+        # Non-empty: train one run per seed in WORKDIR/seed<s> (same validation tasks, those of the
+        # first seed), combine them into an ensemble (spider/ensemble.py) and evaluate it.
+        ensemble_seeds=(),
     ))
     config.eval = ml_collections.ConfigDict(dict(
         rerank_k=3,                    # fixed stage-2 depth

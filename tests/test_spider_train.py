@@ -242,3 +242,30 @@ def test_smoke_run_end_to_end(smoke_process, zoo):
                                          loaded.model_names, np.zeros((3, 4)))
     stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
     np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
+
+
+def test_ensemble_seeds_train_members_on_shared_validation_and_evaluate_their_mean(zoo, tmp_path):
+    workdir = tmp_path / "ensemble"
+    config = _smoke_config(zoo, **{"train.ensemble_seeds": (3, 5),
+                                   "data.targets.bank": zoo["targets_bank"],
+                                   "data.targets.ground_truth": zoo["targets_ground_truth"]})
+    results = train_lib.train_and_evaluate(config, workdir)
+    assert json.loads((workdir / "ensemble.json").read_text()) == {"members": ["seed3", "seed5"]}
+    member_configs = [json.loads((workdir / f"seed{s}" / "config.json").read_text()) for s in (3, 5)]
+    assert [c["seed"] for c in member_configs] == [3, 5]
+    assert member_configs[0]["data"]["val_tasks"] == member_configs[1]["data"]["val_tasks"]
+    assert member_configs[0]["data"]["val_tasks"] == results["validation_tasks"]
+
+    # The ensemble's stage-1 scores on the targets are the mean of its members' scores.
+    members = [checkpointing.load_ranker(workdir / f"seed{s}") for s in (3, 5)]
+    names = members[0][1].model_names
+    targets = data_lib.taskset_from_bank(prototypes.load_prototype_bank(zoo["targets_bank"]), names,
+                                         np.zeros((3, 4)))
+    specific_length = members[0][1].model.specific_length
+    mean = np.mean([rank.score_tasks(r, targets, specific_length=specific_length) for r, _ in members], axis=0)
+    assert not np.allclose(*[rank.score_tasks(r, targets, specific_length=specific_length) for r, _ in members])
+    np.testing.assert_allclose(results["scores"]["Model Spider (stage 1)"], mean, rtol=1e-5, atol=1e-5)
+    assert (workdir / "results.md").exists()
+
+    with pytest.raises(ValueError, match="repeats a seed"):
+        train_lib.train_and_evaluate(_smoke_config(zoo, **{"train.ensemble_seeds": (1, 1)}), tmp_path / "x")

@@ -12,6 +12,9 @@ scores (a per-member standardisation over the zoo would not keep that). Stage 2 
 of the ensemble's stage-1 ranking. Members must agree on the zoo (names and order), the feature
 dimensions, the PTM-specific token length and the generic encoder.
 
+`config.train.ensemble_seeds` trains the members and writes the ensemble in one run
+(`train_lib.train_and_evaluate`); `mspider ensemble` combines runs trained separately.
+
 An ensemble directory holds `ensemble.json`: {"members": [run directories, relative to it or
 absolute]}. `checkpointing.load_ranker(directory)` returns the `RankerEnsemble` and the first
 member's config, so every command that takes a trained ranker (`mspider rank`, the benchmark's

@@ -335,6 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
         return experiment.run(config, workdir)
     workdir = pathlib.Path(workdir)
+    if config.train.get("ensemble_seeds", ()):
+        return _train_ensemble(config, workdir)
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -342,11 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     data = load_data(config)
     model_dims = resolve_model_dims(data)
     specific_length = config.model.specific_length or data.train.max_classes
-    # One padded length for all batches of the run (train, validation, targets): fewer programs.
-    generic_length = tokens_lib.bucket_length(
-        max(s.max_classes for s in (data.train, data.val, data.targets) if s is not None))
-    scoring = dict(specific_length=specific_length, generic_length=generic_length,
-                   batch_size=config.eval.batch_size)
+    scoring = _scoring(config, data, specific_length)
     with config.unlocked():  # record the resolved values (inference needs them)
         config.data.models = tuple(data.model_names)
         config.model.specific_length = int(specific_length)
@@ -388,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                     config.train.epochs)
     available = data.train.has_prototypes()
     base_key = jax.random.key(config.seed)
-    batch_options = dict(model_dims=model_dims, generic_length=generic_length,
+    batch_options = dict(model_dims=model_dims, generic_length=scoring["generic_length"],
                          specific_length=specific_length, available=available)
     logging.info(
         "Training %d tasks (%d validation), zoo of %d, %d steps of %d tasks on %d device(s).",
@@ -443,6 +441,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if data.targets is None:
         return {"best": {VALIDATION_METRIC: best.value}}
     return evaluate_best(config, workdir, data, scoring, training_seconds=training_seconds)
+
+
+def _scoring(config: ml_collections.ConfigDict, data: Data, specific_length: int) -> dict:
+    """`rank.score_tasks` options of a run: one padded generic length for all its batches (train,
+    validation, targets), so fewer programs."""
+    generic_length = tokens_lib.bucket_length(
+        max(s.max_classes for s in (data.train, data.val, data.targets) if s is not None))
+    return dict(specific_length=specific_length, generic_length=generic_length,
+                batch_size=config.eval.batch_size)
+
+
+def _train_ensemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """`config.train.ensemble_seeds`: one run per seed in workdir/seed<s>, all validated on the
+    validation tasks of the first seed, then the ensemble of their best checkpoints (workdir/
+    ensemble.json) evaluated on the targets like a single run (workdir/results.{json,md})."""
+    from mspider_jax.spider import ensemble as ensemble_lib
+
+    seeds = [int(s) for s in config.train.ensemble_seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"config.train.ensemble_seeds repeats a seed: {seeds}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    first = ml_collections.ConfigDict(config.to_dict())
+    first.seed = seeds[0]
+    data = load_data(first)
+    members, training_seconds = [], 0.0
+    for index, seed in enumerate(seeds):
+        member = ml_collections.ConfigDict(config.to_dict())
+        member.seed = seed
+        member.train.ensemble_seeds = ()
+        member.data.val_tasks = tuple(data.val.names)
+        logging.info("Ensemble member %d/%d: seed %d", index + 1, len(seeds), seed)
+        started = time.time()
+        train_and_evaluate(member, workdir / f"seed{seed}")
+        training_seconds += time.time() - started
+        members.append(workdir / f"seed{seed}")
+    if jax.process_index() == 0:
+        ensemble_lib.write_ensemble(workdir, members)
+    _, member_config = checkpointing.load_ranker(members[0])
+    if data.targets is None:
+        return {"members": [str(m) for m in members]}
+    return evaluate_best(member_config, workdir, data,
+                         _scoring(member_config, data, int(member_config.model.specific_length)),
+                         training_seconds=training_seconds)
 
 
 # --------------------------------------------------------------------------------------------------
