@@ -476,8 +476,9 @@ def _train_ensemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         train_and_evaluate(member, workdir / f"seed{seed}")
         training_seconds += time.time() - started
         members.append(workdir / f"seed{seed}")
-    if jax.process_index() == 0:
-        ensemble_lib.write_ensemble(workdir, members)
+    # Every process writes the (identical) manifest atomically: then none can read the workdir
+    # before its own copy exists, without a barrier, on shared and on per-host filesystems.
+    ensemble_lib.write_ensemble(workdir, members)
     _, member_config = checkpointing.load_ranker(members[0])
     if data.targets is None:
         return {"members": [str(m) for m in members]}
