@@ -215,7 +215,17 @@ def load_ranker(checkpoint_dir: str | pathlib.Path,
         params, _, meta = checkpoints.restore(target, step=step)
     finally:
         checkpoints.close()
+    return nnx.merge(graphdef, params), _run_config(meta)
+
+
+def _run_config(meta: dict) -> ml_collections.ConfigDict:
+    """The run's config recorded in a checkpoint's meta, with `model_names` at its top level."""
     config = ml_collections.ConfigDict(meta.get("config", {}))
     with config.unlocked():
         config.model_names = list(meta["model_names"])
-    return nnx.merge(graphdef, params), config
+    return config
+
+
+def load_ranker_config(checkpoint_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config `load_ranker` returns, read from the meta alone (no parameters restored)."""
+    return _run_config(load_ranker_meta(checkpoint_dir))

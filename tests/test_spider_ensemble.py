@@ -97,6 +97,7 @@ def test_manifest_round_trip_and_every_loader_takes_an_ensemble(runs, store, tmp
     path = ensemble_lib.write_ensemble(outside, members[:2])
     assert json.loads(path.read_text())["members"] == [str(m.resolve()) for m in members[:2]]
 
+    assert checkpointing.load_ranker_config(members[0]).to_dict() == checkpointing.load_ranker(members[0])[1].to_dict()
     ensemble, config = checkpointing.load_ranker(root)
     assert isinstance(ensemble, ensemble_lib.RankerEnsemble) and len(ensemble.members) == 3
     assert list(config.model_names) == list(ZOO)

@@ -108,7 +108,7 @@ def write_ensemble(directory: str | os.PathLike, members: Sequence[str | os.Path
     for member in resolved:
         if (member / MANIFEST).exists():
             raise ValueError(f"{member} is itself an ensemble; list its members instead")
-        configs.append(checkpointing.load_ranker(member)[1])
+        configs.append(checkpointing.load_ranker_config(member))
     _check_agreement(configs, [str(m) for m in members])
     directory.mkdir(parents=True, exist_ok=True)
     base = directory.resolve()
@@ -141,11 +141,12 @@ def load_ensemble(directory: str | os.PathLike) -> tuple[RankerEnsemble, ml_coll
     """(the ensemble of `directory`, its first member's config with `model_names`)."""
     from mspider_jax import checkpointing
 
+    members = member_paths(directory)
     loaded = []
-    for member in member_paths(directory):
+    for member in members:
         if not member.is_dir():
             raise FileNotFoundError(f"ensemble member {member} (from {pathlib.Path(directory) / MANIFEST}) "
                                     "does not exist")
         loaded.append(checkpointing.load_ranker(member))
-    _check_agreement([config for _, config in loaded], [str(m) for m in member_paths(directory)])
+    _check_agreement([config for _, config in loaded], [str(m) for m in members])
     return RankerEnsemble(tuple(ranker for ranker, _ in loaded)), loaded[0][1]

@@ -479,7 +479,7 @@ def _train_ensemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     # Every process writes the (identical) manifest atomically: then none can read the workdir
     # before its own copy exists, without a barrier, on shared and on per-host filesystems.
     ensemble_lib.write_ensemble(workdir, members)
-    _, member_config = checkpointing.load_ranker(members[0])
+    member_config = checkpointing.load_ranker_config(members[0])
     if data.targets is None:
         return {"members": [str(m) for m in members]}
     return evaluate_best(member_config, workdir, data,
