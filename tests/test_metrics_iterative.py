@@ -720,6 +720,36 @@ def test_otce_exact_solver_and_conventions():
     assert _rel((lp_plan * cost).sum(), w_ref) < 1e-8 and _rel((assignment_plan * cost).sum(), w_ref) < 1e-8
 
 
+def np_permutation_otce(source, source_labels, target, target_labels):
+    """(W, CE) for Ns == Nt: the exact plan with uniform marginals is a permutation / N (Birkhoff),
+    here from SciPy's assignment solver on the float64 cost."""
+    from scipy.optimize import linear_sum_assignment
+
+    source, target = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    cost = (source**2).sum(1)[:, None] + (target**2).sum(1)[None, :] - 2 * source @ target.T
+    rows, cols = linear_sum_assignment(cost)
+    n = len(source)
+    joint = np.zeros((source_labels.max() + 1, target_labels.max() + 1))
+    np.add.at(joint, (source_labels[rows], target_labels[cols]), 1.0 / n)
+    marginal = joint.sum(1, keepdims=True)
+    mask = joint > 0
+    return float(cost[rows, cols].mean()), float(-np.sum(joint[mask] * np.log((joint / marginal)[mask])))
+
+
+def test_otce_exact_solver_at_sizes_whose_callback_runs_on_a_worker_thread():
+    # At these sizes XLA's CPU runtime ran the host solver's callback on a worker thread, where the
+    # thread-local x64 of `score` is off: a float64 callback result then failed JAX's dtype check.
+    from mspider_jax.metrics import synthetic
+
+    for n in (600, 1000):
+        task = synthetic.make_task(n, 64, 5, 10, seed=1, num_source_samples=n)
+        inputs = dict(features=task.features, labels=task.labels, source_features=task.source_features,
+                      source_labels=task.source_labels)
+        w_ref, ce_ref = np_permutation_otce(task.source_features, task.source_labels, task.features, task.labels)
+        assert _rel(metrics.score("otce", **inputs, solver="exact"), -ce_ref) < 1e-6
+        assert _rel(metrics.score("otce", **inputs, solver="exact", convention="model_spider"), w_ref + ce_ref) < 1e-6
+
+
 def test_otce_sinkhorn_matches_exact_w():
     from mspider_jax.metrics import otce
 

@@ -202,6 +202,20 @@ def exact_plan_numpy(cost: np.ndarray, max_size: int = MAX_ASSIGNMENT_SIZE) -> n
 
 
 def exact_plan_host(cost: jax.Array) -> jax.Array:
-    """`exact_plan_numpy` through `jax.pure_callback` (usable under jit; runs on the host)."""
-    shape = jax.ShapeDtypeStruct(cost.shape, cost.dtype)
-    return jax.pure_callback(lambda c: exact_plan_numpy(c).astype(c.dtype), shape, cost, vmap_method="sequential")
+    """`exact_plan_numpy` through `jax.pure_callback` (usable under jit; runs on the host).
+
+    The callback returns the plan scaled by lcm(Ns, Nt) in float32, and the division happens in the
+    cost's dtype here. Why not float64 directly: JAX checks a callback's result dtype against x64
+    as seen by the thread that runs the callback, and XLA's CPU runtime may run it on a worker thread
+    where `precision_scope`'s thread-local x64 is off, so a declared float64 result failed there
+    ("Expected: float64, Actual: float32") at some sizes and not others. A float32 result means the
+    same in both modes, and the scaled entries of a vertex plan (every assignment plan, and the LP's
+    basic solutions: the transportation polytope with integral margins has integral vertices) are
+    integers no larger than min(Ns, Nt), so float32 holds them exactly.
+    """
+    ns, nt = cost.shape
+    size = ns * nt // math.gcd(ns, nt)
+    shape = jax.ShapeDtypeStruct(cost.shape, jnp.float32)
+    scaled = jax.pure_callback(
+        lambda c: (exact_plan_numpy(c) * size).astype(np.float32), shape, cost, vmap_method="sequential")
+    return scaled.astype(cost.dtype) / size
