@@ -310,10 +310,18 @@ def test_two_process_distributed_run_matches_one_process(grid_store, tmp_path):
     out = tmp_path / "scores.npz"
     try:
         procs, logs = _run_two_processes(grid_store, out, tmp_path / "first")
+        first_failure = None if all(p.returncode == 0 for p in procs) else "\n".join(log[-2000:] for log in logs)
     except subprocess.TimeoutExpired:
-        # One full-suite CI run (2026-11-26) hung here after both processes had connected; it did
-        # not reproduce in 9 later runs (isolated and whole file). A second hang fails the test.
-        warnings.warn("two-process run timed out once; retrying on a fresh port")
+        first_failure = "timed out"
+    if first_failure is not None:
+        # Two rare failures of jax.distributed itself, each seen once in a full-suite CI run after
+        # the processes had done their work: a hang after both had connected (2026-11-26), and a
+        # crash of process 0 while tearing down the coordination service at exit (2026-11-27:
+        # "Check failed: queue.Pop() == nullptr" in grpc_core::Server::~Server under
+        # xla::DistributedRuntimeService::Shutdown). One retry on a fresh port; a second failure
+        # of any kind fails the test.
+        warnings.warn(f"two-process run failed once; retrying on a fresh port:\n{first_failure}")
+        out.unlink(missing_ok=True)
         procs, logs = _run_two_processes(grid_store, out, tmp_path / "retry")
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     assert out.exists()  # written by process 0 only (process 1 has no file to write)
