@@ -13,7 +13,6 @@ import pathlib
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/spider_minizoo.py", "A Model Spider config.",
@@ -27,12 +26,9 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    from mspider_jax import checkpointing  # after flag parsing: jax starts only for a real run
+    from mspider_jax import script_setup
 
-    logging.get_absl_handler().addFilter(checkpointing.drop_orbax_info)
+    script_setup.start(argv)
     import shutil
 
     from mspider_jax import minizoo

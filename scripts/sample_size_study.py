@@ -32,12 +32,9 @@ SLOW_METRICS = ("nleep",)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    from mspider_jax import checkpointing  # after flag parsing: jax starts only for a real run
+    from mspider_jax import script_setup
 
-    logging.get_absl_handler().addFilter(checkpointing.drop_orbax_info)
+    script_setup.start(argv)
     from mspider_jax import metrics
     from mspider_jax.benchmark import sample_size
 

@@ -9,7 +9,6 @@ Rerunning with the same workdir resumes from its last checkpoint. Fields are ove
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/spider_*.py file.",
@@ -19,14 +18,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    # After flag parsing: jax starts only for a real run.
-    from mspider_jax import checkpointing
-    from mspider_jax.spider import train_lib
+    from mspider_jax import script_setup
 
-    logging.get_absl_handler().addFilter(checkpointing.drop_orbax_info)
+    script_setup.start(argv)
+    from mspider_jax.spider import train_lib  # after flag parsing: jax starts only for a real run
 
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

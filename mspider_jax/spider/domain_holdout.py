@@ -153,7 +153,7 @@ def rerank_taus(config: ml_collections.ConfigDict, run: str | os.PathLike, ks: S
 
     data = train_lib.load_data(config)
     ranker, run_config = checkpointing.load_ranker(run)
-    scoring = train_lib._scoring(run_config, data, int(run_config.model.specific_length))
+    scoring = train_lib.scoring_options(run_config, data, int(run_config.model.specific_length))
     zoo_size = len(data.model_names)
     depths = sorted({0, zoo_size, *(min(k, zoo_size) for k in ks)})
     _, taus = evaluate_lib.choose_k_on_validation(ranker, data.val, depths, **scoring)
@@ -192,10 +192,11 @@ def domain_holdout_study(config: ml_collections.ConfigDict, workdir: str | os.Pa
         logging.info("Fold %d/%d: %s (%d validation tasks)", index + 1, len(folds), name, len(tasks))
         start = time.perf_counter()
         run = workdir / _dirname(name)
-        train_lib.train_and_evaluate(fold_config(config, tasks), run)
+        fold = fold_config(config, tasks)
+        train_lib.train_and_evaluate(fold, run)
         seconds = time.perf_counter() - start
         results.append(FoldResult(name, tuple(tasks), tuple(validation_curve(run)), seconds,
-                                  rerank_taus(fold_config(config, tasks), run, rerank_ks)))
+                                  rerank_taus(fold, run, rerank_ks)))
     summary = summarise(results, metric_taus, label=label, epochs=config.train.epochs)
     _io.write_text_atomic(workdir / "domain_holdout.json", json.dumps(summary, indent=1))
     _io.write_text_atomic(workdir / "domain_holdout.md", markdown_report(summary))

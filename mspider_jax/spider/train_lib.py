@@ -344,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     data = load_data(config)
     model_dims = resolve_model_dims(data)
     specific_length = config.model.specific_length or data.train.max_classes
-    scoring = _scoring(config, data, specific_length)
+    scoring = scoring_options(config, data, specific_length)
     with config.unlocked():  # record the resolved values (inference needs them)
         config.data.models = tuple(data.model_names)
         config.model.specific_length = int(specific_length)
@@ -443,7 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return evaluate_best(config, workdir, data, scoring, training_seconds=training_seconds)
 
 
-def _scoring(config: ml_collections.ConfigDict, data: Data, specific_length: int) -> dict:
+def scoring_options(config: ml_collections.ConfigDict, data: Data, specific_length: int) -> dict:
     """`rank.score_tasks` options of a run: one padded generic length for all its batches (train,
     validation, targets), so fewer programs."""
     generic_length = tokens_lib.bucket_length(
@@ -483,7 +483,7 @@ def _train_ensemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     if data.targets is None:
         return {"members": [str(m) for m in members]}
     return evaluate_best(member_config, workdir, data,
-                         _scoring(member_config, data, int(member_config.model.specific_length)),
+                         scoring_options(member_config, data, int(member_config.model.specific_length)),
                          training_seconds=training_seconds)
 
 
