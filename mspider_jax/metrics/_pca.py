@@ -108,6 +108,12 @@ def top_eigh(
     return theta[:num_components], vectors[:, :num_components]
 
 
+def _transposed_product(x: jax.Array, y: jax.Array) -> jax.Array:
+    """xᵀy for x [N, D], y [N, b] -> [D, b], as (yᵀx)ᵀ: XLA CPU ran `x.T @ y` 1.2-1.4x slower than
+    the product contracting both row axes with y first (48 vs 40 ms at N = 10⁴, D = 2048, b = 144)."""
+    return lax.dot_general(y, x, (((0,), (0,)), ((), ())), precision=L.HIGHEST).T
+
+
 def _randomized_components(
     x: jax.Array, mean: jax.Array, num_components: int, key: jax.Array | None, num_iterations: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -125,10 +131,12 @@ def _randomized_components(
     def apply_z(q):  # Z·q, [N, b]
         return L.mm(x, q) - mean_c @ q
 
-    q = _orthonormalize(_start_block(key, dim, width, L.high_dtype()))
+    # The Gaussian start block needs no orthonormalisation: its columns are already well conditioned,
+    # and the first product is orthonormalised anyway (a [D, b] QR is ~35 ms at D = 2048, b = 144).
+    q = _start_block(key, dim, width, L.high_dtype())
     for _ in range(num_iterations + 1):
         y = apply_z(q.astype(x.dtype))
-        zty = L.to_high(L.mm(x.T, y)) - jnp.outer(mean, L.to_high(jnp.sum(y, axis=0)))  # Zᵀy, [D, b]
+        zty = L.to_high(_transposed_product(x, y)) - jnp.outer(mean, L.to_high(jnp.sum(y, axis=0)))  # Zᵀy, [D, b]
         q = _orthonormalize(zty)
     b = L.to_high(apply_z(q.astype(x.dtype)))  # [N, b]
     theta, s = jnp.linalg.eigh(b.T @ b)

@@ -183,10 +183,12 @@ def ncti_components(
         x, variance, _ = _pca.top_pca(features, num_components, solver=pca_solver, key=key)
     tau = jnp.maximum(jnp.exp(-jnp.sum(variance[:TAU_COMPONENTS])), TAU_FLOOR)
     num_directions = min(num_classes - 1, x.shape[1])
-    eigen_out = _eigen_lda(x, labels, num_classes, tau, num_directions)
-    svd_out = _svd_lda(x, labels, num_classes, num_directions)
-    use_svd = tau == TAU_FLOOR
-    transformed, decision = jax.tree.map(lambda a, b: jnp.where(use_svd, b, a), eigen_out, svd_out)
+    # Only the path sklearn would take runs (under vmap the cond becomes a select of both).
+    transformed, decision = jax.lax.cond(
+        tau == TAU_FLOOR,
+        lambda: _svd_lda(x, labels, num_classes, num_directions),
+        lambda: _eigen_lda(x, labels, num_classes, tau, num_directions),
+    )
 
     centred = transformed - jnp.mean(transformed, axis=0)
     seli = _nuclear_norm_from_gram(centred.T @ centred)
