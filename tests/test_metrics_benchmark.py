@@ -45,3 +45,23 @@ def test_report_has_the_zoo_table_with_per_round_ratios(monkeypatch):
 def test_run_rejects_zero_zoo_rounds():
     with pytest.raises(ValueError, match="zoo_rounds"):
         benchmark.run(sizes=("small",), metrics=("hscore",), zoo_rounds=0, log=lambda line: None)
+
+
+def test_report_times_the_unavoidable_steps_of_otce_and_ncti(monkeypatch):
+    # N and D must reach NCTI's 64 PCA dimensions; the line names both steps with their shapes.
+    monkeypatch.setitem(benchmark.SIZES, "tiny", (200, 80, 3, 5))
+    lines = []
+    benchmark.run(sizes=("tiny",), metrics=("otce", "ncti"), repeats=1, zoo_size=0, log=lines.append)
+    (line,) = [line for line in lines if line.startswith("Unavoidable steps")]
+    assert "OTCE's cost-matrix product 25 x 80 x 200" in line  # Ns = min(5·Cs, 2000) source rows
+    assert "NCTI's randomized PCA to 64 dimensions" in line
+    assert "target at the medium size 0.1 s" in line and "target at the medium size 0.15 s" in line
+    seconds = [float(part.split(" s (target")[0].rsplit(" ", 1)[1]) for part in line.split("; ")]
+    assert all(s > 0 for s in seconds)
+
+
+def test_report_has_no_unavoidable_step_line_without_otce_or_ncti(monkeypatch):
+    monkeypatch.setitem(benchmark.SIZES, "tiny", (120, 16, 3, 5))
+    lines = []
+    benchmark.run(sizes=("tiny",), metrics=("hscore",), repeats=1, zoo_size=0, log=lines.append)
+    assert not any(line.startswith("Unavoidable steps") for line in lines)
