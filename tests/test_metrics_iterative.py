@@ -772,6 +772,10 @@ def test_rounded_map_joint_by_hand():
     # Ns = 2 < Nt = 3: each target point comes, with mass 1/3, from its most-coupled source point.
     joint = otce.rounded_map_joint(plan.T, jnp.array([1, 0]), jnp.array([0, 1, 1]), 2, 2)
     np.testing.assert_allclose(np.asarray(joint), [[0, 1 / 3], [1 / 3, 1 / 3]], atol=1e-7)
+    # The reduction-based argmax agrees with jnp.argmax, first index on ties, along both axes.
+    ties = jnp.asarray(np.random.default_rng(0).integers(0, 3, size=(40, 30)).astype(np.float32))
+    for axis in (0, 1):
+        np.testing.assert_array_equal(otce._first_argmax(ties, axis), jnp.argmax(ties, axis=axis))
     # Ns = Nt: the source side is rounded (rows), so the target marginal may be uneven.
     joint = otce.rounded_map_joint(jnp.array([[0.3, 0.2], [0.25, 0.25]]), jnp.array([0, 1]), jnp.array([0, 1]), 2, 2)
     np.testing.assert_allclose(np.asarray(joint), [[0.5, 0], [0.5, 0]], atol=1e-7)
