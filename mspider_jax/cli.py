@@ -41,5 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args._run(args) or 0)
 
 
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The `mspider` executable: `main`, with bad input (a ValueError or a missing file, whose messages
+    say what is wrong) reported as `mspider: error: ...` and exit status 2 instead of a traceback.
+    MSPIDER_TRACEBACK=1 shows the traceback."""
+    import os
+
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("MSPIDER_TRACEBACK"):
+            raise
+        print(f"mspider: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -1,6 +1,7 @@
 """The public metrics API: registry, validation errors, label remapping, jit, score_zoo, the CLI."""
 
 import csv
+import re
 
 import jax
 import numpy as np
@@ -318,3 +319,65 @@ def test_zoo_on_one_cpu_device_readies_the_next_model_then_waits_for_the_last(mo
     scores = M.score_zoo("hscore", features=zoo, labels=labels, mesh=sharding.mesh([jax.devices()[0]]))
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
     assert events == ["ready", "ready", "wait", "ready", "wait"]
+
+
+def test_cli_passes_options_to_one_metric_only(tmp_path):
+    from mspider_jax.features import FeatureStore
+
+    expected_alpha2 = M.score_zoo("pactran_dirichlet", logits=[LOGITS, OTHER.logits], labels=LABELS, alpha=2.0)
+    default = M.score_zoo("pactran_dirichlet", logits=[LOGITS, OTHER.logits], labels=LABELS)
+    assert not np.allclose(expected_alpha2, default)
+    hscores = [M.score("hscore", features=f, labels=LABELS) for f in (FEATURES, OTHER.features)]
+    # npz path
+    path = tmp_path / "zoo.npz"
+    np.savez(path, labels=LABELS, features_a=FEATURES, logits_a=LOGITS, features_b=OTHER.features, logits_b=OTHER.logits)
+    out = tmp_path / "npz.csv"
+    assert cli.main(["metrics", "--npz", str(path), "--metrics", "hscore,pactran_dirichlet",
+                     "--option", "pactran_dirichlet.alpha=2.0", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    np.testing.assert_allclose([float(r["pactran_dirichlet"]) for r in rows], expected_alpha2, rtol=1e-6)
+    np.testing.assert_allclose([float(r["hscore"]) for r in rows], hscores, rtol=1e-9)  # hscore takes no alpha
+    # feature-store path (the grid)
+    store = FeatureStore(tmp_path / "store")
+    store.write("toy", "train", "a", features=FEATURES, labels=LABELS, logits=LOGITS)
+    store.write("toy", "train", "b", features=OTHER.features, labels=LABELS, logits=OTHER.logits)
+    out = tmp_path / "store.csv"
+    assert cli.main(["metrics", "--store", str(tmp_path / "store"), "--dataset", "toy", "--metrics", "hscore,pactran_dirichlet",
+                     "--option", "pactran_dirichlet.alpha=2.0", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    np.testing.assert_allclose([float(r["pactran_dirichlet"]) for r in rows], expected_alpha2, rtol=1e-6)
+    np.testing.assert_allclose([float(r["hscore"]) for r in rows], hscores, rtol=1e-9)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("otce.solver", "METRIC.NAME=VALUE"),
+    ("solver=exact", "METRIC.NAME=VALUE"),
+    ("otse.solver=exact", "unknown metric 'otse'"),
+    ("hscore.alpha=2", "hscore: unknown option 'alpha'; options: rtol"),
+    ("leep.alpha=2", "leep is not among --metrics hscore"),
+])
+def test_cli_option_errors(tmp_path, option, message):
+    path = tmp_path / "one.npz"
+    np.savez(path, labels=LABELS, features=FEATURES)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cli.main(["metrics", "--npz", str(path), "--metrics", "hscore", "--option", option])
+
+
+def test_cli_option_values_are_literals_or_strings():
+    from mspider_jax.commands.metrics import parse_metric_options
+
+    parsed = parse_metric_options(["otce.solver=exact", "otce.max_target_samples=None", "pactran_dirichlet.alpha=2"], None)
+    assert parsed == {"otce": {"solver": "exact", "max_target_samples": None}, "pactran_dirichlet": {"alpha": 2}}
+
+
+def test_console_entry_reports_bad_input_without_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MSPIDER_TRACEBACK", raising=False)
+    path = tmp_path / "one.npz"
+    np.savez(path, labels=LABELS, features=FEATURES)
+    assert cli.console_main(["metrics", "--npz", str(path), "--metrics", "hscre"]) == 2
+    assert "mspider: error: unknown metric 'hscre'" in capsys.readouterr().err
+    assert cli.console_main(["metrics", "--npz", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    monkeypatch.setenv("MSPIDER_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="hscre"):
+        cli.console_main(["metrics", "--npz", str(path), "--metrics", "hscre"])

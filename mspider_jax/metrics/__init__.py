@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 
-from mspider_jax.metrics._dispatch import clear_compiled, compiled_program_count, score, score_components, score_zoo
+from mspider_jax.metrics._dispatch import check_options, clear_compiled, compiled_program_count, score, score_components, score_zoo
 from mspider_jax.metrics._registry import MetricSpec, get, register, registered_names
 
 # One module per metric family; importing a module registers its metric(s). One name per line so
@@ -70,4 +70,4 @@ def names() -> tuple[str, ...]:
     return tuple(ordered + [n for n in registered if n not in TABLE_ORDER])
 
 
-__all__ = ["MetricSpec", "TABLE_ORDER", "clear_compiled", "compiled_program_count", "get", "names", "register", "score", "score_components", "score_zoo"]
+__all__ = ["MetricSpec", "TABLE_ORDER", "check_options", "clear_compiled", "compiled_program_count", "get", "names", "register", "score", "score_components", "score_zoo"]

@@ -102,6 +102,11 @@ def _split_options(spec: MetricSpec, options: dict[str, Any]) -> tuple[dict[str,
     return static, traced
 
 
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raises ValueError if metric `name` is unknown or does not take one of `options` (by name)."""
+    _split_options(get(name), options)
+
+
 class _Prepared:
     """Validated shared inputs of one call (labels and everything that does not vary by model)."""
 
@@ -596,4 +601,4 @@ def names_supporting(target: str) -> tuple[str, ...]:
     return tuple(n for n in registered_names() if target in get(n).targets)
 
 
-__all__: Sequence[str] = ("score", "score_components", "score_zoo", "names_supporting", "finish_zoo", "input_signature")
+__all__: Sequence[str] = ("score", "score_components", "score_zoo", "names_supporting", "finish_zoo", "input_signature", "check_options")

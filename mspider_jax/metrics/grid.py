@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -91,6 +91,7 @@ def score_grid(
     chunk_size: int = streaming_lib.DEFAULT_CHUNK_ROWS,
     mesh: Mesh | None = None,
     progress: Callable[[str], None] | None = None,
+    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> GridResult:
     """Scores every (dataset, model, metric) of the grid; see the module docstring for the schedule.
@@ -101,6 +102,8 @@ def score_grid(
       models: model names (default: every model the store has for each dataset and split).
       metrics: metric names (default: every registered metric the store's inputs allow).
       split, convention: as for `score_zoo`; `**options` are passed to every metric.
+      metric_options: metric -> options for that metric only (e.g. {"otce": {"solver": "exact"}}),
+        on top of `**options`.
       stream: score the streaming metrics from row chunks (bounded memory).
       chunk_size: rows per chunk when streaming.
       mesh: the device mesh (default `sharding.mesh()`: every device of every process).
@@ -157,6 +160,7 @@ def score_grid(
         for name in dataset_metrics:
             cell_started = time.perf_counter()
             spec = get(name)
+            cell_options = {**options, **(metric_options or {}).get(name, {})}
             reason = _skip_reason(spec, manifests, target)
             try:
                 if reason is not None:
@@ -164,11 +168,11 @@ def score_grid(
                 if stream and spec.streaming is not None:
                     values = _stream_models(
                         name, read_entry, len(dataset_models), device_mesh, local_mesh, convention=convention,
-                        chunk_size=chunk_size, options=options,
+                        chunk_size=chunk_size, options=cell_options,
                     )
                 else:
                     values = _in_memory_models(
-                        spec, read_entry, loaded, first_labels, manifests, device_mesh, convention=convention, options=options,
+                        spec, read_entry, loaded, first_labels, manifests, device_mesh, convention=convention, options=cell_options,
                     )
                 result.scores[(dataset, name)] = values
             except ValueError as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,8 +116,10 @@ def score_table(
     *,
     convention: str = "paper",
     progress: Callable[[str], None] | None = None,
+    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Scores every model with every metric.
+    """Scores every model with every metric (`metric_options`: metric -> its options, e.g.
+    {"otce": {"solver": "exact"}}).
 
     Returns:
       (scores: metric -> [M] float64 in `zoo.models` order, errors: metric -> message for metrics
@@ -134,7 +136,8 @@ def score_table(
         if "source_labels" in spec.needs:
             kwargs["source_labels"] = zoo.source_labels
         try:
-            scores[name] = M.score_zoo(name, labels=zoo.labels, convention=convention, **kwargs)
+            options = dict((metric_options or {}).get(name, {}))
+            scores[name] = M.score_zoo(name, labels=zoo.labels, convention=convention, **kwargs, **options)
         except ValueError as err:
             errors[name] = str(err)
             scores[name] = np.full(len(models), np.nan)
