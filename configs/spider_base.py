@@ -69,6 +69,15 @@ def base_config(seed: int = 0) -> ml_collections.ConfigDict:
         # first seed), combine them into an ensemble (spider/ensemble.py) and evaluate it.
         ensemble_seeds=(),
     ))
+    # Source-affinity prior (spider/source_affinity.py), off by default (not part of the paper): with
+    # a weight > 0, training fits it to the best checkpoint and saves it next to best/, and every
+    # `checkpointing.load_ranker` of the run adds it to the ranker's scores.
+    config.prior = ml_collections.ConfigDict(dict(
+        source_affinity_weight=0.0,
+        source_prototypes="",   # npz {source: [S, Dg]}: generic prototypes of each pretraining source
+        model_sources=(),       # [M] each model's source (default for the mini zoo: its manifest)
+        model_groups=(),        # [M] each model's group, e.g. architecture (mini zoo: manifest)
+    ))
     config.eval = ml_collections.ConfigDict(dict(
         rerank_k=3,                    # fixed stage-2 depth
         choose_k_on_validation=True,   # also report k chosen on the validation tasks ...

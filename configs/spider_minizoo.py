@@ -44,7 +44,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.epochs = 800
     config.train.eval_every_epochs = 10
     config.train.batch_size = 16
+    # Source-affinity prior (spider/source_affinity.py): OFF. On the leave-one-domain-group-out folds
+    # of the training tasks weight 1.0 was best (fold rankers 0.632 alone, 0.799 with it), but the one
+    # evaluation on the targets that followed gave 0.584 / 0.589 (stage 1 / k=3) against the ranker
+    # alone's 0.699 / 0.727: the folds' tasks are made of the PTMs' own pretraining data, the targets
+    # are not (results/spider_minizoo.md). Opt in with --config.prior.source_affinity_weight=1.0.
+    # {source: [S, Dg]} of the shipped build's sources (scripts/source_affinity_study.py --write_source_prototypes)
+    config.prior.source_prototypes = spider_base.repo_path("data/minizoo_source_prototypes.npz")
     if arg.smoke:
+        config.prior.source_prototypes = ""
         config.data.zoo = ""
         config.data.num_val_tasks = 2
         config.data.train = spider_base.task_source()

@@ -26,6 +26,7 @@ from flax import nnx
 
 LATEST_DIR = "ckpt"
 BEST_DIR = "best"
+PRIOR_FILE = "source_affinity_prior.npz"  # next to best/: the ranker's source-affinity prior, if any
 
 
 def drop_orbax_info(record: logging.LogRecord) -> bool:
@@ -184,7 +185,7 @@ def load_ranker_meta(checkpoint_dir: str | pathlib.Path, step: int | None = None
 
 
 def load_ranker(checkpoint_dir: str | pathlib.Path,
-                step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
+                step: int | None = None, *, with_prior: bool = True) -> tuple[Any, ml_collections.ConfigDict]:
     """Rebuilds a trained `spider.model.Ranker` for inference.
 
     Args:
@@ -192,6 +193,9 @@ def load_ranker(checkpoint_dir: str | pathlib.Path,
         directory, or an ensemble directory (`spider.ensemble`: a `RankerEnsemble` of its members
         and the first member's config are returned).
       step: a step of that directory; default the latest (the best for best/).
+      with_prior: when the workdir has a source-affinity prior (`PRIOR_FILE`, written by training
+        with `config.prior.source_affinity_weight > 0`), return the ranker wrapped with it
+        (`spider.source_affinity.AffinityPriorRanker`); False: the bare ranker (to train it further).
 
     Returns:
       (ranker with restored parameters, the run's config with `model_names` added at its top level).
@@ -215,7 +219,13 @@ def load_ranker(checkpoint_dir: str | pathlib.Path,
         params, _, meta = checkpoints.restore(target, step=step)
     finally:
         checkpoints.close()
-    return nnx.merge(graphdef, params), _run_config(meta)
+    ranker = nnx.merge(graphdef, params)
+    prior_path = pathlib.Path(checkpoint_dir) / PRIOR_FILE
+    if with_prior and prior_path.is_file():
+        from mspider_jax.spider import source_affinity
+
+        ranker = source_affinity.AffinityPriorRanker(ranker, source_affinity.SourceAffinityPrior.load(prior_path))
+    return ranker, _run_config(meta)
 
 
 def _run_config(meta: dict) -> ml_collections.ConfigDict:

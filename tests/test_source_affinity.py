@@ -119,3 +119,125 @@ def test_study_script_on_the_shipped_mini_zoo(tmp_path):
     assert "ranker, best step (optimistic)" in report and "hscore" in report
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     assert len(rows) == len(folds) + 2 and rows[-1].startswith("| **mean over folds**")  # header, folds, mean
+
+
+# ------------------------------------------------------------------------------------------------
+# The prior added to a trained ranker (opt-in: config.prior.source_affinity_weight > 0).
+
+
+def _prior(weight=0.5, scale=2.0):
+    sources = {"s0": np.array([[1.0, 0.0, 0.0]]), "s1": np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 1.0]])}
+    return SA.SourceAffinityPrior(("s0", "s1", "s1"), sources, np.array([0.1, -0.2, 0.3]), weight, scale)
+
+
+def test_prior_fuses_scores_by_hand_and_leaves_padding_alone():
+    prior = _prior()
+    task = np.array([[1.0, 0.2, 0.0], [0.5, 0.5, 0.0]])
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    affinity_s0 = np.mean([cos(t, np.array([1.0, 0, 0])) for t in task])
+    affinity_s1 = np.mean([max(cos(t, np.array([0, 1.0, 0])), cos(t, np.array([0, 1.0, 1.0]))) for t in task])
+    affinity = np.array([affinity_s0, affinity_s1, affinity_s1])
+    expected_prior = 0.5 * ((affinity - affinity.mean()) / affinity.std() + np.array([0.1, -0.2, 0.3]))
+    generic = np.zeros((2, 3, 3))
+    generic[0, :2] = task
+    mask = np.array([[True, True, False], [False, False, False]])
+    scores = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    fused = prior.fuse(scores, generic, mask)
+    np.testing.assert_allclose(fused[0], scores[0] / 2.0 + expected_prior, rtol=1e-12)
+    np.testing.assert_allclose(fused[1], scores[1] / 2.0)  # a padding task: no prototypes, no prior
+
+
+def test_prior_round_trip_and_errors(tmp_path):
+    prior = _prior()
+    loaded = SA.SourceAffinityPrior.load(prior.save(tmp_path / "p.npz"))
+    assert loaded.model_sources == prior.model_sources and (loaded.weight, loaded.scale) == (0.5, 2.0)
+    np.testing.assert_array_equal(loaded.group_prior, prior.group_prior)
+    np.testing.assert_allclose(loaded.source_prototypes["s1"], prior.source_prototypes["s1"])
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="not a readable source-affinity prior"):
+        SA.SourceAffinityPrior.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="scale"):
+        _prior(scale=0.0)
+    with pytest.raises(ValueError, match="no source prototypes"):
+        SA.SourceAffinityPrior(("s9",), {"s0": np.ones((1, 2))}, np.zeros(1), 1.0, 1.0)
+
+
+def test_training_with_the_prior_writes_it_and_every_load_applies_it(tmp_path):
+    from configs import spider_minizoo
+    from mspider_jax import checkpointing
+    from mspider_jax.spider import data as data_lib
+    from mspider_jax.spider import prototypes, rank, synthetic, train_lib
+
+    zoo = synthetic.write_synthetic_zoo(tmp_path / "zoo", model_dims=(6, 8, 5, 7))
+    models = tuple(zoo["models"].split(","))
+    generic_dim = prototypes.load_prototype_bank(zoo["train_bank"])[0].generic.shape[1]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sources.npz", a=rng.normal(size=(3, generic_dim)), b=rng.normal(size=(2, generic_dim)))
+    config = spider_minizoo.get_config("smoke")
+    config.data.models = models
+    config.data.train.bank, config.data.train.ground_truth = zoo["train_bank"], zoo["train_ground_truth"]
+    config.data.targets.bank, config.data.targets.ground_truth = zoo["targets_bank"], zoo["targets_ground_truth"]
+    config.prior.source_affinity_weight = 0.7
+    config.prior.source_prototypes = str(tmp_path / "sources.npz")
+    config.prior.model_sources = ("a", "a", "b", "b")
+    config.prior.model_groups = ("x", "y", "x", "y")
+    workdir = tmp_path / "run"
+    results = train_lib.train_and_evaluate(config, workdir)
+
+    assert (workdir / checkpointing.PRIOR_FILE).is_file()
+    fused, _ = checkpointing.load_ranker(workdir)
+    bare, run_config = checkpointing.load_ranker(workdir, with_prior=False)
+    assert isinstance(fused, SA.AffinityPriorRanker) and not isinstance(bare, SA.AffinityPriorRanker)
+    data = train_lib.load_data(config)
+    scoring = train_lib.scoring_options(run_config, data, int(run_config.model.specific_length))
+    # The prior's scale and group prior come from the training tasks.
+    train_scores = rank.score_tasks(bare, data.train, **scoring)
+    assert fused.prior.scale == pytest.approx(np.mean(np.std(train_scores.astype(np.float64), axis=1)), rel=1e-9)
+    np.testing.assert_allclose(fused.prior.group_prior, SA.group_prior(data.train.performance, ["x", "y", "x", "y"]))
+    assert fused.prior.weight == 0.7
+    # The targets were evaluated with the prior: bare stage-1 scores / scale + the prior of each task.
+    targets = data_lib.taskset_from_bank(prototypes.load_prototype_bank(zoo["targets_bank"]), models,
+                                         np.zeros((3, 4)))
+    bare_targets = rank.score_tasks(bare, targets, **scoring).astype(np.float64)
+    expected = np.stack([bare_targets[i] / fused.prior.scale + fused.prior.prior(t.generic)
+                         for i, t in enumerate(targets.tasks)])
+    np.testing.assert_allclose(results["scores"]["Model Spider (stage 1)"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, bare_targets)
+
+
+def test_fusion_fold_study_matches_the_wrapped_fold_rankers(tmp_path):
+    import csv
+
+    from configs import spider_minizoo
+    from mspider_jax import checkpointing
+    from mspider_jax.spider import domain_holdout, evaluate, rank, synthetic, train_lib
+
+    zoo = synthetic.write_synthetic_zoo(tmp_path / "zoo", model_dims=(6, 8, 5, 7), num_train=10)
+    config = spider_minizoo.get_config("smoke")
+    config.data.models = tuple(zoo["models"].split(","))
+    config.data.train.bank, config.data.train.ground_truth = zoo["train_bank"], zoo["train_ground_truth"]
+    config.train.epochs = 2
+    config.lock()
+    with open(zoo["train_ground_truth"]) as f:
+        tasks = sorted({row["dataset"] for row in csv.DictReader(f)})
+    folds = {"first": tasks[:3], "second": tasks[3:5]}
+    domain_holdout.domain_holdout_study(config, tmp_path / "study", folds)
+    generic_dim = train_lib.load_data(config).train.generic_dim
+    rng = np.random.default_rng(1)
+    sources = {"a": rng.normal(size=(3, generic_dim)), "b": rng.normal(size=(2, generic_dim))}
+    model_sources, model_groups = ["a", "a", "b", "b"], ["x", "y", "x", "y"]
+    summary = SA.fusion_fold_study(config, tmp_path / "study", folds, model_sources, model_groups, sources, [0.0, 1.0])
+    for fold, held_out in folds.items():
+        run = tmp_path / "study" / fold
+        # weight 0: the fold ranker's own stage-1 tau on its held-out tasks (domain_holdout's path)
+        assert summary["folds"][fold][0.0] == pytest.approx(domain_holdout.rerank_taus(
+            domain_holdout.fold_config(config, held_out), run, [])[0], rel=1e-9)
+        # weight 1: the fold ranker wrapped with a prior fitted on the fold's training tasks (batched path)
+        data = train_lib.load_data(domain_holdout.fold_config(config, held_out))
+        bare, run_config = checkpointing.load_ranker(run, with_prior=False)
+        scoring = train_lib.scoring_options(run_config, data, int(run_config.model.specific_length))
+        prior = SA.fit_prior(rank.score_tasks(bare, data.train, **scoring), data.train.performance,
+                             model_sources, model_groups, sources, 1.0)
+        wrapped = rank.score_tasks(SA.AffinityPriorRanker(bare, prior), data.val, **scoring)
+        assert summary["folds"][fold][1.0] == pytest.approx(evaluate.mean_weighted_tau(data.val.performance, wrapped), abs=1e-6)
+    assert summary["mean"][1.0] == pytest.approx(np.mean([summary["folds"][f][1.0] for f in folds]))

@@ -35,12 +35,18 @@ from mspider_jax.benchmark import metric_scores as metric_scores_lib
 
 log = logging.getLogger(__name__)
 
+SPIDER = "Model Spider"
 SPIDER_STAGE1 = "Model Spider (stage 1)"
+BARE_SPIDER = "Model Spider, ranker alone"  # rows of a ranker with a source-affinity prior, without it
 CONSTANT_PRIOR = "constant prior (training tasks)"
 
 
-def spider_name(k: int) -> str:
-    return f"Model Spider (k={k})"
+def spider_name(k: int, prefix: str = SPIDER) -> str:
+    return f"{prefix} (k={k})"
+
+
+def spider_stage1_name(prefix: str = SPIDER) -> str:
+    return f"{prefix} (stage 1)"
 
 
 @dataclasses.dataclass
@@ -142,16 +148,22 @@ def export_ranker(run_dir: str | os.PathLike, export_dir: str | os.PathLike) -> 
     that `checkpointing.load_ranker(export_dir)` reads (e.g. the shipped data/minizoo_ranker)."""
     from mspider_jax import checkpointing
 
-    ranker, _ = checkpointing.load_ranker(run_dir)
+    ranker, _ = checkpointing.load_ranker(run_dir, with_prior=False)
     meta = checkpointing.load_ranker_meta(run_dir)
     extra = {"metrics": meta.get("metrics", {}), "exported_from": str(run_dir)}
     if meta["config"].get("data", {}).get("zoo") == "minizoo":
         from mspider_jax import minizoo
 
         extra["minizoo_manifest"] = minizoo.manifest_hash()
-    return checkpointing.save_ranker(export_dir, ranker, model_kwargs=meta["model"],
-                                     model_names=list(meta["model_names"]), config=meta["config"],
-                                     step=int(meta["step"]), extra_meta=extra)
+    saved = checkpointing.save_ranker(export_dir, ranker, model_kwargs=meta["model"],
+                                      model_names=list(meta["model_names"]), config=meta["config"],
+                                      step=int(meta["step"]), extra_meta=extra)
+    prior = pathlib.Path(run_dir) / checkpointing.PRIOR_FILE
+    if prior.is_file():  # the run's source-affinity prior travels with it
+        import shutil
+
+        shutil.copyfile(prior, pathlib.Path(export_dir) / checkpointing.PRIOR_FILE)
+    return saved
 
 
 def load_or_train_ranker(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -204,12 +216,13 @@ def _extraction_seconds(store, dataset: str, split: str, model: str) -> float:
 
 
 def rank_targets(ranker, run_config, store, datasets: Sequence[str], *, split: str, k: int,
-                 progress: Callable[[str], None] | None = None
+                 progress: Callable[[str], None] | None = None, prefix: str = SPIDER,
                  ) -> tuple[dict[str, np.ndarray], dict[str, MethodCost]]:
     """Model Spider's stage-1 and stage-2 scores [T, M] of every dataset, with their costs.
 
     Each dataset is ranked with `inference.rank_features` (the call behind `mspider rank`), once with
-    k = 0 (stage 1 alone, timed on its own) and once with the re-ranking depth k.
+    k = 0 (stage 1 alone, timed on its own) and once with the re-ranking depth k. Rows are named
+    "<prefix> (stage 1)" and "<prefix> (k=K)".
     """
     from mspider_jax.spider import inference
 
@@ -217,7 +230,8 @@ def rank_targets(ranker, run_config, store, datasets: Sequence[str], *, split: s
     generic_model = run_config.data.get("generic_model", "generic")
     specific_length = int(run_config.model.specific_length)
     k = min(k, ranker.num_models)
-    rows = {SPIDER_STAGE1: [], spider_name(k): []}
+    stage1_name, stage2_name = spider_stage1_name(prefix), spider_name(k, prefix)
+    rows = {stage1_name: [], stage2_name: []}
     seconds = {name: [] for name in rows}
     passes = {name: [] for name in rows}
     extraction = {name: [] for name in rows}
@@ -225,7 +239,7 @@ def rank_targets(ranker, run_config, store, datasets: Sequence[str], *, split: s
         entry = store.read(dataset, split, generic_model)
         generic, labels = np.asarray(entry.features), np.asarray(entry.labels)
         generic_seconds = _extraction_seconds(store, dataset, split, generic_model)
-        for name, depth in ((SPIDER_STAGE1, 0), (spider_name(k), k)):
+        for name, depth in ((stage1_name, 0), (stage2_name, k)):
             start = time.perf_counter()
             ranking = inference.rank_features(ranker, names, generic, labels,
                                               specific_length=specific_length, k=depth,
@@ -236,7 +250,7 @@ def rank_targets(ranker, run_config, store, datasets: Sequence[str], *, split: s
             extraction[name].append(generic_seconds + sum(
                 _extraction_seconds(store, dataset, split, names[m]) for m in ranking.enriched))
         if progress is not None:
-            progress(f"{dataset} Model Spider: top-{k} re-ranked "
+            progress(f"{dataset} {prefix}: top-{k} re-ranked "
                      f"{', '.join(names[m] for m in ranking.enriched)}")
     scores = {name: np.asarray(values, np.float64) for name, values in rows.items()}
     costs = {name: MethodCost(np.asarray(seconds[name]), np.asarray(passes[name], float),
@@ -294,14 +308,20 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     rerank_k = config.spider.rerank_k
     if rerank_k < 0:
         rerank_k = int(run_config.eval.get("rerank_k", 3))
-    spider_scores, spider_costs = rank_targets(ranker, run_config, store, datasets,
-                                               split=config.split, k=rerank_k, progress=progress)
-    scores.update(spider_scores)
-    costs.update(spider_costs)
-    for name in spider_scores:
-        notes[name] = ("Model Spider: generic prototypes only" if name == SPIDER_STAGE1 else
-                       f"Model Spider: stage 1, then its top-{rerank_k} re-scored with their own "
-                       "prototypes")
+    from mspider_jax.spider import source_affinity
+
+    has_prior = isinstance(ranker, source_affinity.AffinityPriorRanker)
+    rankers = [(SPIDER, ranker)] + ([(BARE_SPIDER, ranker.ranker)] if has_prior else [])
+    for prefix, method_ranker in rankers:
+        spider_scores, spider_costs = rank_targets(method_ranker, run_config, store, datasets, split=config.split,
+                                                   k=rerank_k, progress=progress, prefix=prefix)
+        scores.update(spider_scores)
+        costs.update(spider_costs)
+        with_prior = " + source-affinity prior (weight %g)" % ranker.prior.weight if prefix == SPIDER and has_prior else ""
+        for name in spider_scores:
+            notes[name] = (f"Model Spider{with_prior}: generic prototypes only" if name == spider_stage1_name(prefix) else
+                           f"Model Spider{with_prior}: stage 1, then its top-{rerank_k} re-scored with their own "
+                           "prototypes")
 
     priors = {}
     if config.prior_ground_truth.path:

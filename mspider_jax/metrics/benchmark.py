@@ -158,7 +158,7 @@ def measure_work_floors(task: SyntheticTask, repeats: int) -> dict[str, tuple[st
 
 
 def _work_floor_line(floors: dict[str, tuple[str, float]]) -> str:
-    parts = [f"{name.upper()}'s {what} {seconds:.3f} s (target at the medium size "
+    parts = [f"{name.upper()}'s {what} {seconds:.3g} s (target at the medium size "
              f"{REFERENCE_SECONDS[name] / 10:g} s)" for name, (what, seconds) in floors.items()]
     return "Unavoidable steps, timed alone in this run: " + "; ".join(parts) + "."
 

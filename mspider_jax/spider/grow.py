@@ -372,7 +372,9 @@ def add_models_to_run(checkpoint: str | os.PathLike, new_models: Sequence[str],
     from mspider_jax import checkpointing
 
     meta = checkpointing.load_ranker_meta(checkpoint)
-    ranker, _ = checkpointing.load_ranker(checkpoint)
+    # The bare ranker: its tokens are grown and trained; a source-affinity prior of the old zoo
+    # does not cover the new models (the grown run has none).
+    ranker, _ = checkpointing.load_ranker(checkpoint, with_prior=False)
     old_names = list(meta["model_names"])
     new_models = list(new_models)
     duplicate = sorted(set(new_models) & set(old_names)) or sorted(

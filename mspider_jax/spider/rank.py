@@ -24,6 +24,7 @@ from mspider_jax.spider import data as data_lib
 from mspider_jax.spider import ensemble as ensemble_lib
 from mspider_jax.spider import model as model_lib
 from mspider_jax.spider import prototypes as prototypes_lib
+from mspider_jax.spider import source_affinity
 from mspider_jax.spider import tokens as tokens_lib
 
 
@@ -34,7 +35,9 @@ def _scores(graphdef, params, generic, generic_mask, specific, specific_mask):
 
 def score_batch(ranker: model_lib.Ranker | ensemble_lib.RankerEnsemble, batch: data_lib.Batch) -> np.ndarray:
     """Deterministic scores [B, M] of a padded batch (jit-compiled once per batch shape); for an
-    ensemble the mean of its members' scores."""
+    ensemble the mean of its members' scores; with a source-affinity prior, the fused scores."""
+    if isinstance(ranker, source_affinity.AffinityPriorRanker):
+        return ranker.prior.fuse(score_batch(ranker.ranker, batch), batch.generic, batch.generic_mask)
     if isinstance(ranker, ensemble_lib.RankerEnsemble):
         return np.mean([score_batch(member, batch) for member in ranker.members], axis=0)
     graphdef, params = nnx.split(ranker)

@@ -23,7 +23,12 @@ metrics' out-of-domain figures on the same held-out training tasks, without the 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pathlib
+import zipfile
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -135,3 +140,155 @@ def markdown_report(summary: Mapping, extra_columns: Mapping[str, Mapping[str, f
     lines.append("| **mean over folds** | | " + " | ".join(f"**{summary['mean'][m]:.3f}**" for m in methods) +
                  ("" if not extra_mean else " | " + " | ".join(extra_mean)) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# The prior added to a trained ranker's scores.
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceAffinityPrior:
+    """weight · (standardise(source affinity) + group prior), added to a ranker's scores / scale.
+
+    Attributes:
+      model_sources: [M] pretraining source of each model (zoo order).
+      source_prototypes: source -> [S, Dg] generic prototypes of its pretraining data.
+      group_prior: [M] `group_prior` of the models' groups on the training tasks.
+      weight: the prior's weight (chosen on the unseen-domain folds: 1.0 on the mini zoo).
+      scale: the ranker's typical score spread (mean over the training tasks of the per-task std of
+        its stage-1 scores), which puts its scores on the prior's standardised scale with one
+        constant, so that stage-1 and stage-2 scores stay comparable.
+    """
+
+    model_sources: tuple[str, ...]
+    source_prototypes: Mapping[str, np.ndarray]
+    group_prior: np.ndarray
+    weight: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_sources", tuple(self.model_sources))
+        object.__setattr__(self, "group_prior", np.asarray(self.group_prior, np.float64))
+        if self.group_prior.shape != (len(self.model_sources),):
+            raise ValueError(f"group_prior must be [{len(self.model_sources)}], got {self.group_prior.shape}")
+        missing = sorted(set(self.model_sources) - set(self.source_prototypes))
+        if missing:
+            raise ValueError(f"no source prototypes for {missing}")
+        if not (np.isfinite(self.scale) and self.scale > 0 and np.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"scale must be > 0 and weight >= 0, got scale={self.scale}, weight={self.weight}")
+
+    def prior(self, generic_prototypes: np.ndarray) -> np.ndarray:
+        """[M] weight · (standardise(affinity) + group prior) of a task's generic prototypes [C, Dg]."""
+        affinity = affinity_scores(generic_prototypes, self.model_sources, self.source_prototypes)
+        return self.weight * (standardise(affinity) + self.group_prior)
+
+    def fuse(self, scores: np.ndarray, generic: np.ndarray, generic_mask: np.ndarray) -> np.ndarray:
+        """Ranker scores [B, M] of a padded batch (generic [B, P, Dg], generic_mask [B, P]) -> fused
+        [B, M]; padding tasks (no prototype) get the ranker's scores / scale."""
+        fused = np.asarray(scores, np.float64) / self.scale
+        for row in range(fused.shape[0]):
+            if generic_mask[row].any():
+                fused[row] += self.prior(np.asarray(generic[row])[np.asarray(generic_mask[row])])
+        return fused
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Writes the prior as an npz (atomically)."""
+        from mspider_jax.evaluation import _io
+
+        arrays = {"model_sources": np.array(self.model_sources), "group_prior": self.group_prior,
+                  "weight": np.float64(self.weight), "scale": np.float64(self.scale),
+                  **{f"source/{s}": np.asarray(p, np.float32) for s, p in self.source_prototypes.items()}}
+
+        def write(temporary: str) -> None:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        return _io.write_atomic(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SourceAffinityPrior":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(model_sources=tuple(str(s) for s in data["model_sources"]),
+                           source_prototypes={k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("source/")},
+                           group_prior=data["group_prior"], weight=float(data["weight"]), scale=float(data["scale"]))
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: not a readable source-affinity prior ({err})") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityPriorRanker:
+    """A trained ranker (or ensemble) whose scores get a `SourceAffinityPrior` (`rank.score_batch`)."""
+
+    ranker: Any
+    prior: SourceAffinityPrior
+
+    def __post_init__(self) -> None:
+        if len(self.prior.model_sources) != self.ranker.num_models:
+            raise ValueError(f"prior of {len(self.prior.model_sources)} models for a ranker of {self.ranker.num_models}")
+
+    @property
+    def num_models(self) -> int:
+        return self.ranker.num_models
+
+    @property
+    def generic_dim(self) -> int:
+        return self.ranker.generic_dim
+
+    @property
+    def model_dims(self) -> tuple[int, ...]:
+        return self.ranker.model_dims
+
+
+def fit_prior(stage1_training_scores: np.ndarray, training_performance: np.ndarray,
+              model_sources: Sequence[str], model_groups: Sequence[str],
+              source_prototypes: Mapping[str, np.ndarray], weight: float) -> SourceAffinityPrior:
+    """The prior of a trained ranker from its stage-1 scores [T, M] on the training tasks and their
+    ground truth [T, M] (tasks with a missing value are left out of the group prior)."""
+    performance = np.asarray(training_performance, np.float64)
+    complete = np.all(np.isfinite(performance), axis=1)
+    if not complete.any():
+        raise ValueError("no training task has the ground truth of every model")
+    scale = float(np.mean(np.std(np.asarray(stage1_training_scores, np.float64), axis=1)))
+    return SourceAffinityPrior(tuple(model_sources), dict(source_prototypes),
+                               group_prior(performance[complete], model_groups), float(weight), scale)
+
+
+def load_source_prototypes(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{source: [S, Dg]} from an npz with one array per source."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: np.asarray(data[name], np.float64) for name in data.files}
+
+
+def fusion_fold_study(config: Any, fold_runs: str | os.PathLike, folds: Mapping[str, Sequence[str]],
+                      model_sources: Sequence[str], model_groups: Sequence[str],
+                      source_prototypes: Mapping[str, np.ndarray], weights: Sequence[float]) -> dict:
+    """The fold rankers of a domain-holdout study (`fold_runs`/<fold>, `domain_holdout`) with the prior
+    added at each weight: mean weighted tau over each fold's held-out tasks of stage-1 scores / spread
+    + weight · (standardise(affinity) + group prior), spread and group prior from the fold's training
+    tasks, as `fit_prior` and `SourceAffinityPrior.fuse` do for a shipped ranker.
+
+    Returns {"folds": {fold: {weight: tau}}, "mean": {weight: mean over folds}} (weight 0: the ranker alone).
+    """
+    from mspider_jax import checkpointing
+    from mspider_jax.spider import domain_holdout
+    from mspider_jax.spider import rank as rank_lib
+    from mspider_jax.spider import train_lib
+
+    results: dict[str, dict[float, float]] = {}
+    for fold, held_out in folds.items():
+        run = pathlib.Path(fold_runs) / domain_holdout._dirname(fold)
+        data = train_lib.load_data(domain_holdout.fold_config(config, held_out))
+        ranker, run_config = checkpointing.load_ranker(run, with_prior=False)
+        scoring = train_lib.scoring_options(run_config, data, int(run_config.model.specific_length))
+        stage1 = rank_lib.score_tasks(ranker, data.val, **scoring)
+        training_scores = rank_lib.score_tasks(ranker, data.train, **scoring)
+        priors = {w: fit_prior(training_scores, data.train.performance, model_sources, model_groups,
+                               source_prototypes, w) for w in weights}
+        results[fold] = {}
+        for weight, prior in priors.items():
+            taus = [weighted_tau(data.val.performance[i], stage1[i] / prior.scale + prior.prior(task.generic))
+                    for i, task in enumerate(data.val.tasks)]
+            results[fold][float(weight)] = float(np.mean(taus))
+    mean = {float(w): float(np.mean([r[float(w)] for r in results.values()])) for w in weights}
+    return {"folds": results, "mean": mean}

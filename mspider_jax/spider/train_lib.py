@@ -34,6 +34,7 @@ import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -438,9 +439,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     best.close()
     training_seconds = time.time() - started
     logging.info("Training done in %s.", _format_seconds(training_seconds))
+    if config.prior.get("source_affinity_weight", 0.0) > 0 and is_main:
+        fit_source_affinity_prior(config, workdir, data, scoring)
     if data.targets is None:
         return {"best": {VALIDATION_METRIC: best.value}}
     return evaluate_best(config, workdir, data, scoring, training_seconds=training_seconds)
+
+
+def model_sources_and_groups(config: ml_collections.ConfigDict, model_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Each model's pretraining source and group (architecture): `config.prior.model_sources` /
+    `model_groups`, or for the mini zoo its manifest."""
+    sources, groups = list(config.prior.get("model_sources", ())), list(config.prior.get("model_groups", ()))
+    if not sources and config.data.zoo == "minizoo":
+        from mspider_jax import minizoo
+
+        by_name = {m["name"]: m for m in minizoo.load_manifest()["models"]}
+        sources = [by_name[m]["source"] for m in model_names]
+        groups = groups or [by_name[m]["arch"] for m in model_names]
+    groups = groups or list(model_names)  # no groups: every model its own
+    if len(sources) != len(model_names) or len(groups) != len(model_names):
+        raise ValueError(f"config.prior.model_sources / model_groups must name the {len(model_names)} models' "
+                         f"sources and groups, got {len(sources)} and {len(groups)}")
+    return sources, groups
+
+
+def fit_source_affinity_prior(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                              data: Data | None = None, scoring: dict | None = None) -> pathlib.Path:
+    """Fits the source-affinity prior (`spider.source_affinity`) of the run's best ranker on its
+    training tasks (the group prior from their ground truth, the score scale from the ranker's stage-1
+    scores on them) and writes it next to best/ (`checkpointing.PRIOR_FILE`). Returns its path."""
+    from mspider_jax.spider import source_affinity
+
+    if not config.prior.source_prototypes:
+        raise ValueError("config.prior.source_prototypes: the npz of each pretraining source's generic prototypes is needed")
+    workdir = pathlib.Path(workdir)
+    if data is None:
+        data = load_data(config)
+    ranker, run_config = checkpointing.load_ranker(workdir, with_prior=False)
+    if scoring is None:
+        scoring = scoring_options(run_config, data, int(run_config.model.specific_length))
+    sources, groups = model_sources_and_groups(config, data.model_names)
+    stage1 = rank_lib.score_tasks(ranker, data.train, **scoring)
+    prior = source_affinity.fit_prior(stage1, data.train.performance, sources, groups,
+                                      source_affinity.load_source_prototypes(config.prior.source_prototypes),
+                                      config.prior.source_affinity_weight)
+    path = prior.save(workdir / checkpointing.PRIOR_FILE)
+    logging.info("Source-affinity prior (weight %g, score scale %.4g) written to %s.", prior.weight, prior.scale, path)
+    return path
 
 
 def scoring_options(config: ml_collections.ConfigDict, data: Data, specific_length: int) -> dict:
