@@ -84,13 +84,9 @@ def main(argv: list[str]) -> None:
         entry = store.read(f"src_{source}", "train", "generic")
         source_prototypes[source], _ = prototypes.class_prototypes(np.asarray(entry.features), np.asarray(entry.labels))
     if _WRITE_PROTOTYPES.value:
-        from mspider_jax.evaluation._io import write_atomic
+        from mspider_jax.evaluation._io import write_npz_atomic
 
-        def write(temporary: str) -> None:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **{s: np.asarray(p, np.float32) for s, p in source_prototypes.items()})
-
-        write_atomic(_WRITE_PROTOTYPES.value, write)
+        write_npz_atomic(_WRITE_PROTOTYPES.value, {s: np.asarray(p, np.float32) for s, p in source_prototypes.items()})
     bank = {t.name: t.generic for t in minizoo.training_bank()}
     tasks, table = minizoo.ground_truth_table("training")
     accuracies = dict(zip(tasks, table))

@@ -84,6 +84,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> pathl
     return path
 
 
+def write_npz_atomic(path: str | os.PathLike, arrays: dict) -> pathlib.Path:
+    """`np.savez` of `arrays` to `path`, atomically (temp file + rename)."""
+    import numpy as np
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    return write_atomic(path, write)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:

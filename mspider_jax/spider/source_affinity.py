@@ -195,15 +195,10 @@ class SourceAffinityPrior:
         """Writes the prior as an npz (atomically)."""
         from mspider_jax.evaluation import _io
 
-        arrays = {"model_sources": np.array(self.model_sources), "group_prior": self.group_prior,
-                  "weight": np.float64(self.weight), "scale": np.float64(self.scale),
-                  **{f"source/{s}": np.asarray(p, np.float32) for s, p in self.source_prototypes.items()}}
-
-        def write(temporary: str) -> None:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        return _io.write_atomic(path, write)
+        return _io.write_npz_atomic(path, {
+            "model_sources": np.array(self.model_sources), "group_prior": self.group_prior,
+            "weight": np.float64(self.weight), "scale": np.float64(self.scale),
+            **{f"source/{s}": np.asarray(p, np.float32) for s, p in self.source_prototypes.items()}})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SourceAffinityPrior":
