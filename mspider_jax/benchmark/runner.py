@@ -36,7 +36,6 @@ from mspider_jax.benchmark import metric_scores as metric_scores_lib
 log = logging.getLogger(__name__)
 
 SPIDER = "Model Spider"
-SPIDER_STAGE1 = "Model Spider (stage 1)"
 BARE_SPIDER = "Model Spider, ranker alone"  # rows of a ranker with a source-affinity prior, without it
 CONSTANT_PRIOR = "constant prior (training tasks)"
 

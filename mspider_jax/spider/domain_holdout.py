@@ -191,7 +191,7 @@ def domain_holdout_study(config: ml_collections.ConfigDict, workdir: str | os.Pa
     for index, (name, tasks) in enumerate(folds.items()):
         logging.info("Fold %d/%d: %s (%d validation tasks)", index + 1, len(folds), name, len(tasks))
         start = time.perf_counter()
-        run = workdir / _dirname(name)
+        run = workdir / fold_dirname(name)
         fold = fold_config(config, tasks)
         train_lib.train_and_evaluate(fold, run)
         seconds = time.perf_counter() - start
@@ -204,7 +204,8 @@ def domain_holdout_study(config: ml_collections.ConfigDict, workdir: str | os.Pa
     return summary
 
 
-def _dirname(fold: str) -> str:
+def fold_dirname(fold: str) -> str:
+    """The directory of a fold's run inside the study's workdir (the fold name, path-safe)."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in fold)
 
 
