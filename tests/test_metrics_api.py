@@ -74,6 +74,30 @@ def test_non_finite_inputs(bad):
         M.score("leep", logits=logits, labels=LABELS)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_all_finite_screen_agrees_with_elementwise_check(dtype, order):
+    from mspider_jax.metrics import _validation as V
+
+    rng = np.random.default_rng(0)
+    x = np.asarray(rng.standard_normal((64, 33)), dtype=dtype, order=order)
+    assert V.all_finite(x)
+    # Finite values whose row sums overflow to inf (in float32 and in float64) are still finite.
+    huge = np.full((4, 8), np.finfo(dtype).max / 2, dtype=dtype)
+    assert np.isinf(huge.sum(axis=1)).all() and V.all_finite(huge)
+    for where in [(0, 0), (63, 32), (17, 5)]:
+        for bad in [np.nan, np.inf, -np.inf]:
+            y = x.copy(order=order)
+            y[where] = bad
+            assert not V.all_finite(y), (where, bad)
+    # +inf and -inf in one row sum to NaN: still caught; so are non-contiguous views and 1-D arrays.
+    y = x.copy(order=order)
+    y[2, 3], y[2, 4] = np.inf, -np.inf
+    assert not V.all_finite(y)
+    assert not V.all_finite(y[:, ::2]) and V.all_finite(x[:, ::2])
+    assert not V.all_finite(y[2]) and V.all_finite(x[2])
+
+
 def test_one_sample_class_and_too_few_classes():
     labels = LABELS.copy()
     labels[0] = 9  # a class with a single sample

@@ -53,6 +53,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mspider_jax import sharding
 from mspider_jax.metrics import _dispatch
 from mspider_jax.metrics import _linalg
+from mspider_jax.metrics import _validation
 from mspider_jax.metrics._registry import get, registered_names
 
 DEFAULT_CHUNK_ROWS = 8192
@@ -135,7 +136,7 @@ class Stream:
     def _check_finite(self, input_name: str, start: int, block: np.ndarray) -> None:
         if (input_name, start) in self._checked:
             return
-        if not np.all(np.isfinite(block)):
+        if not _validation.all_finite(block):
             bad = int(block.size - np.count_nonzero(np.isfinite(block)))
             raise ValueError(f"{self.name}: {input_name} rows {start}..{start + len(block) - 1} contain {bad} non-finite values (NaN or inf)")
         self._checked.add((input_name, start))
@@ -183,7 +184,7 @@ class Stream:
             for input_name in input_names:
                 array = self.inputs[input_name]
                 block = np.asarray(array[indices], dtype=_chunk_dtype(array, self.dtype))
-                if not np.all(np.isfinite(block)):
+                if not _validation.all_finite(block):
                     raise ValueError(f"{self.name}: {input_name} contains non-finite values (NaN or inf) in rows {indices[:5].tolist()}...")
                 chunk[input_name] = block
             chunk["labels"] = self.labels[indices]
