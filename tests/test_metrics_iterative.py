@@ -811,6 +811,17 @@ def test_otce_default_ce_is_close_to_the_exact_plans(num_source, num_target):
     exact_ce = _replicated_assignment_ce(task.source_features, task.source_labels, task.features, task.labels)
     assert _rel(-metrics.score("otce", **inputs), exact_ce) < 0.02
     assert -metrics.score("otce", **inputs, ce_plan="entropic") > 1.1 * exact_ce
+    # Each convention's default Sinkhorn settings: "paper" reads CE only (coarser ε and tolerance),
+    # "model_spider" reads W, which stays within 1e-3 of the exact optimum.
+    from mspider_jax.metrics import _ot, otce
+
+    assert metrics.score("otce", **inputs) == metrics.score("otce", **inputs, eps_rel=otce.CE_EPS_REL, tol=otce.CE_TOL)
+    spider = metrics.score("otce", **inputs, convention="model_spider")
+    assert spider == metrics.score("otce", **inputs, convention="model_spider", eps_rel=otce.EPS_REL, tol=otce.TOL)
+    cost = np.asarray(otce.squared_distances(jnp.asarray(task.source_features),
+                                             jnp.asarray(task.features)), np.float64)
+    exact_w = float(np.sum(_ot.exact_plan_numpy(cost) * cost))
+    assert abs(spider - (exact_w + exact_ce)) < 1e-3 * exact_w
 
 
 def test_sinkhorn_kernel_form_follows_the_log_domain_iterates():
