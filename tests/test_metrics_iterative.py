@@ -850,6 +850,38 @@ def test_otce_target_subsampling():
     assert sub[0] == sub[1] and sub[0] != sub[2] and sub[0] != full
 
 
+def test_otce_subset_drawn_on_the_host_is_the_one_the_metric_draws(monkeypatch):
+    # score/score_zoo draw the target subset on the host and send only its rows; the result must equal
+    # the metric function drawing it itself from every row (same key), for default and given keys.
+    from mspider_jax.metrics import _dispatch, otce
+
+    n = OT_TARGET.shape[0]
+    source_labels = OT_SOURCE_LABELS.astype(np.int32)
+    for key, options in [(None, {"max_target_samples": 40}), (jax.random.key(3), {"max_target_samples": 40}), (None, {})]:
+        with L.precision_scope():
+            direct = float(jax.jit(otce.otce, static_argnames=("num_classes", "num_source_classes", "max_target_samples"))(
+                features=jnp.asarray(OT_TARGET), labels=jnp.asarray(OT_TARGET_LABELS.astype(np.int32)),
+                source_features=jnp.asarray(OT_SOURCE), source_labels=jnp.asarray(source_labels),
+                num_classes=int(OT_TARGET_LABELS.max()) + 1, num_source_classes=int(source_labels.max()) + 1,
+                key=jax.random.key(0) if key is None else key, **options))
+        assert metrics.score("otce", **OT_INPUTS, key=key, **options) == pytest.approx(direct, rel=1e-6)
+        zoo = metrics.score_zoo("otce", features=[OT_TARGET, OT_TARGET], labels=OT_TARGET_LABELS,
+                                source_features=[OT_SOURCE, OT_SOURCE], source_labels=OT_SOURCE_LABELS, key=key, **options)
+        np.testing.assert_allclose(zoo, direct, rtol=1e-6)
+    # Only the subset's rows reach the compiled metric.
+    seen = []
+    evaluate = _dispatch._evaluate
+    monkeypatch.setattr(_dispatch, "_evaluate", lambda spec, prepared, arrays: seen.append(
+        (arrays["features"].shape, prepared.shared["labels"].shape)) or evaluate(spec, prepared, arrays))
+    metrics.score("otce", **OT_INPUTS, max_target_samples=40)
+    assert seen == [((40, OT_TARGET.shape[1]), (40,))] and n > 40
+    # Validation still reads every row: a NaN outside the subset is reported.
+    bad = dict(OT_INPUTS, features=OT_TARGET.copy())
+    bad["features"][n - 1, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.score("otce", **bad, max_target_samples=40)
+
+
 def test_otce_errors():
     with pytest.raises(ValueError, match="source_labels"):
         metrics.score("otce", features=OT_TARGET, labels=OT_TARGET_LABELS, source_features=OT_SOURCE)

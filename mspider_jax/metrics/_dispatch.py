@@ -113,7 +113,8 @@ class _Prepared:
     def __init__(self) -> None:
         self.static: dict[str, Any] = {}
         self.shared: dict[str, Any] = {}
-        self.n: int = 0
+        self.n: int = 0  # rows of the inputs as given
+        self.rows: np.ndarray | None = None  # the rows the metric reads (`MetricSpec.row_subset`), None: all
 
 
 def _prepare_shared(
@@ -171,7 +172,34 @@ def _prepare_shared(
         static = {**spec.label_statics(y, num_classes), **static}
     prepared.static.update(static)
     prepared.shared.update(traced)
+    if spec.row_subset is not None:
+        rows = spec.row_subset(prepared.n, prepared.shared.get("key"), prepared.static)
+        if rows is not None:
+            prepared.rows = np.asarray(rows)
+            prepared.shared["labels"] = np.take(prepared.shared["labels"], prepared.rows, axis=0)
     return prepared
+
+
+def _take_rows(prepared: _Prepared, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows `prepared.rows` of each per-sample input (all but source_features), gathered straight
+    into buffers the CPU backend adopts without a copy (`V.zero_copy_ready`)."""
+    if prepared.rows is None:
+        return arrays
+    out = dict(arrays)
+    for name, x in arrays.items():
+        if name != "source_features" and x.shape[0] == prepared.n:
+            out[name] = V.take_rows(x, prepared.rows)
+    return out
+
+
+def planned_signature(spec: MetricSpec, prepared: _Prepared, signature: tuple) -> tuple:
+    """The signature of one model's arrays as `_prepare_model` will return them, from the raw
+    signature (callers that group models before loading them: the store grid)."""
+    signature = spec.model_signature(signature, prepared.static["convention"])
+    if prepared.rows is None:
+        return signature
+    return tuple((name, ((len(prepared.rows), *shape[1:]) if name != "source_features" and shape[0] == prepared.n else shape), dtype)
+                 for name, shape, dtype in signature)
 
 
 def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any], model: str = "") -> dict[str, np.ndarray]:
@@ -182,7 +210,7 @@ def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any]
         if reduced is not None:
             for input_name, x in reduced.items():
                 V.check_num_rows(where, input_name, x, prepared.n)
-            return reduced
+            return _take_rows(prepared, reduced)
     arrays = {}
     for input_name in PER_MODEL_INPUTS:
         if input_name not in spec.needs:
@@ -193,6 +221,7 @@ def _prepare_model(spec: MetricSpec, prepared: _Prepared, inputs: dict[str, Any]
         elif "source_labels" in prepared.shared and x.shape[0] != prepared.shared["source_labels"].shape[0]:
             raise ValueError(f"{where}: source_features has {x.shape[0]} rows but source_labels have {prepared.shared['source_labels'].shape[0]}")
         arrays[input_name] = x
+    arrays = _take_rows(prepared, arrays)
     if spec.check_inputs is not None:
         spec.check_inputs({**arrays, **prepared.shared}, prepared.static["num_classes"])
     return arrays

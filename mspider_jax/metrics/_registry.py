@@ -63,6 +63,12 @@ class MetricSpec:
       reduced_signature: with `host_reduce`, `reduced_signature(signature, convention)` maps the
         (name, shape, dtype) signature of the raw inputs to that of the arrays `host_reduce` returns,
         so that callers which group models before loading them (the store grid) can plan batches.
+      row_subset: optional `row_subset(n, key, static_options) -> indices [n'] | None`, for a metric
+        that reads only a random subset of the N samples (OTCE's `max_target_samples`): drawn once
+        per call on the host, exactly as `fn` would draw it, so that only those rows of the labels
+        and of each model's per-sample inputs (features, logits) are copied to the device (a
+        10000 x 2048 float32 input is 80 MB; 2000 rows are 16 MB). `fn` then gets n' rows and draws
+        nothing. Inputs are still validated whole. None: every row.
     """
 
     name: str
@@ -83,6 +89,7 @@ class MetricSpec:
     streaming: Callable[..., Any] | None = None
     host_reduce: Callable[[dict[str, Any], str, str], dict[str, Any] | None] | None = None
     reduced_signature: Callable[[tuple, str], tuple] | None = None
+    row_subset: Callable[[int, Any, dict[str, Any]], Any] | None = None
 
     def model_signature(self, signature: tuple, convention: str) -> tuple:
         """The signature of one model's arrays as the metric receives them (after `host_reduce`)."""

@@ -90,6 +90,21 @@ def all_finite(x: np.ndarray) -> bool:
 ZERO_COPY_ALIGNMENT = 64
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, alignment: int = ZERO_COPY_ALIGNMENT) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data start on an `alignment`-byte boundary."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buffer = np.empty(nbytes + alignment, np.uint8)
+    start = (-buffer.ctypes.data) % alignment
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] gathered into an aligned buffer (see `zero_copy_ready`): no second copy on CPU."""
+    out = _aligned_empty((len(rows), *x.shape[1:]), x.dtype)
+    np.take(x, rows, axis=0, out=out)
+    return out
+
+
 def zero_copy_ready(x: np.ndarray, alignment: int = ZERO_COPY_ALIGNMENT) -> np.ndarray:
     """`x` itself when it is C-contiguous and starts on an `alignment`-byte boundary, else such a copy.
 
@@ -99,9 +114,7 @@ def zero_copy_ready(x: np.ndarray, alignment: int = ZERO_COPY_ALIGNMENT) -> np.n
     x = np.asarray(x)
     if x.flags.c_contiguous and x.ctypes.data % alignment == 0:
         return x
-    buffer = np.empty(x.nbytes + alignment, np.uint8)
-    start = (-buffer.ctypes.data) % alignment
-    out = buffer[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out = _aligned_empty(x.shape, x.dtype, alignment)
     np.copyto(out, x)
     return out
 

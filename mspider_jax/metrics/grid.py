@@ -213,7 +213,7 @@ def _in_memory_models(
             loaded[m] = arrays
         return _dispatch._prepare_model(spec, prepared, loaded[m], model=f" (model {m})")
 
-    signatures = [spec.model_signature(_shape_signature(manifest, spec.needs), convention) for manifest in manifests]
+    signatures = [_dispatch.planned_signature(spec, prepared, _shape_signature(manifest, spec.needs)) for manifest in manifests]
     raw = _dispatch._score_models(spec, prepared, signatures, load_model, device_mesh)
     return _dispatch.finish_zoo(spec, raw)
 

@@ -54,7 +54,9 @@ Solvers (`_ot.py`):
 Target subsampling: with `max_target_samples` (default 2000) and N larger than that, a uniform
 subset of that many target samples (drawn with `key`, without replacement) is transported, as in
 practical comparisons of OTCE (the reference's exact solver does not scale to Model Spider's
-Ns = 5000, Nt up to 50 000). `max_target_samples=None` uses every target sample.
+Ns = 5000, Nt up to 50 000). `max_target_samples=None` uses every target sample. Through `score` and
+`score_zoo` the subset is drawn on the host (`host_target_subset`, the same indices), so only its rows
+travel to the device.
 
 Precision policy: the cost matrix is built on features centred by the target mean (distances are
 translation-invariant; centring removes the offset cancellation), with the Gram product and the
@@ -68,6 +70,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mspider_jax.metrics import _linalg as L
@@ -144,6 +147,23 @@ def rounded_map_joint(
     return joint.at[source_side, target_side].add(mass)
 
 
+def target_subset(n: int, key: jax.Array | None, max_target_samples: int | None) -> jax.Array | None:
+    """Indices [max_target_samples] of the target samples transported (uniform, without replacement,
+    drawn with `key`; default key 0), or None when all N are."""
+    if max_target_samples is None or n <= max_target_samples:
+        return None
+    key = jax.random.key(0) if key is None else key
+    return jax.random.choice(key, n, (max_target_samples,), replace=False)
+
+
+def host_target_subset(n: int, key: jax.Array | None, static_options: dict) -> np.ndarray | None:
+    """`target_subset` drawn on the host before the inputs travel (`MetricSpec.row_subset`), under the
+    same precision scope as the metric's own call, so that it draws the same indices."""
+    with L.precision_scope():
+        subset = target_subset(n, key, static_options.get("max_target_samples", MAX_TARGET_SAMPLES))
+        return None if subset is None else np.asarray(subset)
+
+
 def otce_components(
     *,
     features: jax.Array,
@@ -169,9 +189,8 @@ def otce_components(
     if source_features.shape[1] != features.shape[1]:
         raise ValueError(f"otce: source_features have D={source_features.shape[1]} but features have D={features.shape[1]}")
     n = features.shape[0]
-    if max_target_samples is not None and n > max_target_samples:
-        key = jax.random.key(0) if key is None else key
-        subset = jax.random.choice(key, n, (max_target_samples,), replace=False)
+    subset = target_subset(n, key, max_target_samples)
+    if subset is not None:
         features, labels = features[subset], labels[subset]
     cost = squared_distances(source_features, features)
     if solver == "exact":
@@ -229,5 +248,6 @@ register(
         is_randomized=True,
         paper="Tan et al., CVPR 2021",
         min_class_size=1,
+        row_subset=host_target_subset,
     )
 )
