@@ -844,6 +844,21 @@ def test_sinkhorn_kernel_form_follows_the_log_domain_iterates():
     np.testing.assert_allclose((plan * np.asarray(cost)).sum(), (reference * np.asarray(cost)).sum(), rtol=1e-5)
 
 
+def test_otce_cost_is_accurate_in_float32_with_a_large_offset():
+    # Features far from the origin: |x|² ~ 6e7 while distances are ~130, so float32 norms of the raw
+    # rows would lose the distances entirely; centring by the target mean keeps them to ~1e-6.
+    from mspider_jax.metrics import otce
+
+    rng = np.random.default_rng(11)
+    source = (rng.normal(size=(150, 64)) + 1000.0).astype(np.float32)
+    target = (rng.normal(size=(90, 64)) + 1000.0).astype(np.float32)
+    exact = ((source.astype(np.float64)[:, None, :] - target.astype(np.float64)[None, :, :]) ** 2).sum(-1)
+    with L.precision_scope():
+        cost = np.asarray(jax.jit(otce.squared_distances)(jnp.asarray(source), jnp.asarray(target)))
+    assert cost.dtype == np.float32
+    assert np.max(np.abs(cost - exact)) < 1e-5 * np.mean(exact)
+
+
 def test_otce_target_subsampling():
     full = metrics.score("otce", **OT_INPUTS)
     sub = [metrics.score("otce", **OT_INPUTS, max_target_samples=40, key=jax.random.key(s)) for s in (0, 0, 1)]

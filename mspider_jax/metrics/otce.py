@@ -59,7 +59,8 @@ Ns = 5000, Nt up to 50 000). `max_target_samples=None` uses every target sample.
 travel to the device.
 
 Precision policy: the cost matrix is built on features centred by the target mean (distances are
-translation-invariant; centring removes the offset cancellation), with the Gram product and the
+translation-invariant; centring removes the offset cancellation; the mean is accumulated in float64,
+the subtraction done in the input dtype), with the Gram product and the
 Sinkhorn iterations in the input dtype (float32 from torch, like the reference's geomloss cost);
 W, J and CE are reduced in float64 when available.
 
@@ -88,16 +89,20 @@ CE_TOL = 1e-2
 
 def squared_distances(source: jax.Array, target: jax.Array) -> jax.Array:
     """‖x_i - x'_j‖² for source [Ns, D], target [Nt, D] -> [Ns, Nt] in the input dtype (unclamped)."""
-    centre = L.column_mean(target)
     dtype = jnp.result_type(L.compute_dtype(source), L.compute_dtype(target))
-    s = L.to_high(source) - centre
-    t = L.to_high(target) - centre
-    # The squared norms come from the high-precision centred rows: with float32 norms of the float32
-    # rows, XLA CPU fused the conversions and row sums into a loop that took 0.5-0.6 s at
-    # 2000x2000x2048 (0.13 s this way; the product alone takes 0.07 s).
-    s_sq = jnp.sum(s * s, axis=1).astype(dtype)
-    t_sq = jnp.sum(t * t, axis=1).astype(dtype)
-    return s_sq[:, None] + t_sq[None, :] - 2.0 * L.mm(s.astype(dtype), t.astype(dtype).T)
+    # Centring in the input dtype loses nothing: rounding the (float64) centre moves every point by the
+    # same vector, which distances ignore, and each difference is then correctly rounded, as it would be
+    # when rounded from float64 (same max error measured, with offsets up to 1000; 1.4x faster at
+    # 2000x2000x2048 than centring in float64).
+    centre = L.column_mean(target).astype(dtype)
+    s = source.astype(dtype) - centre
+    t = target.astype(dtype) - centre
+    # The squared norms are summed in high precision: with float32 sums of the float32 rows, XLA CPU
+    # fused the subtraction and row sums into a loop that took 0.2-0.6 s at 2000x2000x2048 (0.08 s
+    # this way; the product alone takes 0.07 s).
+    s_sq = jnp.sum(L.to_high(s) ** 2, axis=1).astype(dtype)
+    t_sq = jnp.sum(L.to_high(t) ** 2, axis=1).astype(dtype)
+    return s_sq[:, None] + t_sq[None, :] - 2.0 * L.mm(s, t.T)
 
 
 def _conditional_entropy(joint: jax.Array) -> jax.Array:
