@@ -311,6 +311,25 @@ def test_tiny_build_end_to_end_and_resume(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)  # float16 storage
     np.testing.assert_array_equal(task.counts, np.bincount(labels))
 
+    # The sources' generic prototypes (for the source-affinity prior): class means of the generic
+    # encoder's features of each source's training split, here extracted independently by the
+    # converters from the shipped generic weights.
+    from converters import extract
+    from converters.minizoo import zoo as minizoo_zoo
+
+    with np.load(output / "source_prototypes.npz") as shipped:
+        assert sorted(shipped.files) == ["shapes"]
+        source_protos = shipped["shapes"]
+    extract.extract_to_store([minizoo_zoo.generic_entry(output)],
+                             extract.NpzSource(str(workdir / "data" / "sources" / "shapes_train.npz"), "train"),
+                             store, dataset_name="src_shapes", batch_size=250, device="cpu", offline=True,
+                             progress=False)
+    entry = store.read("src_shapes", "train", "generic")
+    features, labels = np.asarray(entry.features, np.float64), np.asarray(entry.labels)
+    expected = np.stack([features[labels == c].mean(0) for c in range(labels.max() + 1)])
+    assert source_protos.shape == expected.shape and source_protos.dtype == np.float32
+    np.testing.assert_allclose(source_protos, expected, rtol=1e-4, atol=1e-4)
+
     # First use: the converters extract the shipped target images; same features as the build.
     user_store = minizoo.ensure_target_store(tmp_path / "cache", root=output, progress=False)
     for model in ("resnet_shapes", "mobilenet_shapes", "generic"):

@@ -571,6 +571,30 @@ class Builder:
         return records
 
     def stage_prototypes(self) -> None:
+        self._source_prototypes()
+        self._training_bank()
+
+    def _source_prototypes(self) -> None:
+        """artifact/source_prototypes.npz: {source: [S, Dg] float32}, the generic encoder's class
+        prototypes of each pretraining source's training split (read by the optional source-affinity
+        prior, `mspider_jax.spider.source_affinity`; the classes are the source's, in label order)."""
+        from converters.minizoo import train
+        from mspider_jax.spider.prototypes import class_prototypes
+
+        path = self.workdir / "artifact" / "source_prototypes.npz"
+        if path.exists():
+            log.info("prototypes: %s exists, skipped", path)
+            return
+        model = self.load_model(GENERIC)
+        prototypes = {}
+        for source in _progress(list(self.config.sources), "source prototypes"):
+            image_set = self.load_set("sources", f"{source}_train")
+            features, _ = train.predict(model, image_set.images)
+            prototypes[source] = class_prototypes(features, image_set.labels)[0].astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npz(path, **prototypes)
+
+    def _training_bank(self) -> None:
         from mspider_jax.spider.prototypes import TaskPrototypes, class_prototypes, save_prototype_bank
 
         path = self.workdir / "artifact" / "training_tasks.npz"

@@ -8,6 +8,7 @@ Artifact layout (all paths relative to the artifact folder, every file hashed in
   targets/<target>.npz          training split of a target: images uint8 [N, 32, 32, 1|3], labels,
                                 class_names, grayscale
   training_tasks.npz            class prototypes of the training tasks (generic + every PTM)
+  source_prototypes.npz         generic class prototypes of each pretraining source (builds after 2026-11-27)
   ground_truth_targets.csv      fine-tuning accuracy (percent), 3 seeds, linear probe
   ground_truth_training.csv     the same on the training tasks (1 seed)
 """
