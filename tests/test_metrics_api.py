@@ -74,10 +74,10 @@ def test_non_finite_inputs(bad):
         M.score("leep", logits=logits, labels=LABELS)
 
 
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # screening a NaN or an overflow stays silent
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # checking a NaN or an overflow stays silent
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_all_finite_screen_agrees_with_elementwise_check(dtype, order):
+def test_all_finite_detects_every_nan_and_inf(dtype, order):
     from mspider_jax.metrics import _validation as V
 
     rng = np.random.default_rng(0)
