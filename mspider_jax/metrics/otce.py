@@ -50,7 +50,7 @@ Solvers (`_ot.py`):
     sizes allow replication to lcm(Ns, Nt) <= 6000 points, else the HiGHS transportation LP.
     Matches the reference's network-simplex plan (up to ties, which can move CE but not W). At the
     benchmark's Ns = Nt = 2000, D = 2048: 0.87 s on 2 CPU cores (0.6 s of it SciPy's assignment
-    solver), against 0.30 s for the default; larger non-replicable sizes go to the LP, which is slow.
+    solver), against 0.22 s for the default (benchmark table); larger non-replicable sizes go to the LP, which is slow.
 Target subsampling: with `max_target_samples` (default 2000) and N larger than that, a uniform
 subset of that many target samples (drawn with `key`, without replacement) is transported, as in
 practical comparisons of OTCE (the reference's exact solver does not scale to Model Spider's
