@@ -306,6 +306,34 @@ def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
             assert eigenvalues[2] > 1e-6
 
 
+def test_tridiagonal_eigenvalues_to_a_relative_tolerance(rng):
+    import jax.numpy as jnp
+
+    # Bisection stopped at rtol·‖T‖ (LogME's setting for float32 features): every eigenvalue within that
+    # absolute error of LAPACK's, exact zeros of dead units still exactly 0.
+    a = rng.normal(size=(60, 60))
+    a = a @ a.T
+    a[:2, :] = a[:, :2] = 0.0
+    with L.precision_scope():
+        diagonal, off, _, _ = L.tridiagonalize(jnp.asarray(a))
+        loose = np.asarray(L.tridiagonal_eigenvalues(diagonal, off, rtol=1e-6))
+        exact = np.linalg.eigvalsh(a)
+    norm = np.abs(exact).max()
+    assert np.max(np.abs(loose - exact)) <= 2e-6 * norm
+    assert np.max(np.abs(loose - exact)) > 1e-12 * norm  # the tolerance is really used
+    np.testing.assert_array_equal(loose[:2], 0.0)
+
+
+def test_logme_float32_default_bisects_to_the_float32_gram_accuracy():
+    from mspider_jax.metrics import logme as logme_lib
+
+    task = make_task(4000, 1600, 20, 20, seed=5)  # D >= 1536: the tridiagonal form on CPU
+    assert logme_lib.BISECTION_RTOL_FLOAT32 == 1e-10
+    default = M.score("logme", features=task.features, labels=task.labels)
+    eigh = M.score("logme", features=task.features, labels=task.labels, decomposition="eigh")
+    assert default == pytest.approx(eigh, rel=1e-7)
+
+
 def test_logme_tridiagonal_form_equals_the_eigh_form(rng):
     import jax.numpy as jnp
 

@@ -307,7 +307,7 @@ def tridiagonal_basis_transpose(reflectors: jax.Array, taus: jax.Array, b: jax.A
     return jnp.concatenate([b[:1], rest], axis=0)
 
 
-def tridiagonal_eigenvalues(diagonal: jax.Array, off_diagonal: jax.Array) -> jax.Array:
+def tridiagonal_eigenvalues(diagonal: jax.Array, off_diagonal: jax.Array, rtol: float | None = None) -> jax.Array:
     """Ascending eigenvalues of the symmetric tridiagonal matrix (diagonal [D], off-diagonal [D-1]).
 
     JAX's bisection (`eigh_tridiagonal`, ~0.2 s at D = 2048 in float64 on 2 CPU cores). LAPACK
@@ -320,8 +320,17 @@ def tridiagonal_eigenvalues(diagonal: jax.Array, off_diagonal: jax.Array) -> jax
     feature unit gives an exactly zero row of a Gram) is an exact zero eigenvalue, which bisection
     returns as ~pivmin (5.5e-12 measured); those values, the ones nearest zero, are set to 0 as LAPACK
     gives them (LogME's cutoff σ > 1e-20 depends on it).
+
+    rtol: bisect only down to an absolute error of rtol·‖T‖ (Gershgorin bound) instead of machine
+    precision: each bit is one pass over all eigenvalues, so rtol = 1e-10 runs ~35 passes instead of
+    ~53 (0.15 vs 0.27 s at D = 2048). For a matrix whose entries carry larger errors anyway (a float32
+    Gram: ~1e-7·‖T‖). None: full precision.
     """
-    values = jsp_linalg.eigh_tridiagonal(diagonal, off_diagonal, eigvals_only=True)
+    tol = None
+    if rtol is not None:
+        neighbours = jnp.pad(jnp.abs(off_diagonal), 1)
+        tol = rtol * jnp.max(jnp.abs(diagonal) + neighbours[:-1] + neighbours[1:])
+    values = jsp_linalg.eigh_tridiagonal(diagonal, off_diagonal, eigvals_only=True, tol=tol)
     neighbours = jnp.pad(jnp.abs(off_diagonal), 1)
     exact_zeros = jnp.sum((diagonal == 0) & (neighbours[:-1] == 0) & (neighbours[1:] == 0))
     nearest_zero = jnp.argsort(jnp.abs(values))

@@ -126,6 +126,10 @@ class Stream:
         """The column count of a streamed input."""
         return int(self.inputs[input_name].shape[1])
 
+    def chunk_dtype(self, input_name: str) -> np.dtype:
+        """The dtype the chunks of a streamed input arrive in."""
+        return _chunk_dtype(self.inputs[input_name], self.dtype)
+
     def read_all(self, input_name: str) -> np.ndarray:
         """The whole input in memory (for small fallbacks, e.g. LogME with N <= D)."""
         array = self.inputs[input_name]
