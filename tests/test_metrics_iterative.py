@@ -468,6 +468,24 @@ def test_top_pca_iterative_solvers(solver):
     np.testing.assert_allclose(np.asarray(projected), (WIDE - WIDE.mean(0)) @ np.asarray(got_comp), atol=1e-9)
 
 
+def test_orthonormalize_fast_spans_the_same_space_and_falls_back_when_rank_deficient():
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(300, 40)) * np.logspace(0, 3, 40)  # columns scaled over 3 decades: cond ~1e3
+    deficient = np.concatenate([a[:, :30], a[:, :10]], axis=1)  # 10 repeated columns: rank 30
+    with L.precision_scope():
+        for matrix in (a, deficient):
+            q = np.asarray(jax.jit(_pca.orthonormalize_fast)(jnp.asarray(matrix)))
+            np.testing.assert_allclose(q.T @ q, np.eye(40), atol=1e-10)
+            # every column of the input lies in the span of q
+            residual = matrix - q @ (q.T @ matrix)
+            assert np.max(np.abs(residual)) < 1e-9 * np.max(np.abs(matrix))
+        # Cholesky–QR on the full-rank input: the unique QR with a positive diagonal of R
+        q = np.asarray(_pca.orthonormalize_fast(jnp.asarray(a)))
+        householder, r = np.linalg.qr(a)
+        np.testing.assert_allclose(q, householder * np.sign(np.diag(r)), atol=1e-10)
+        assert np.isnan(np.asarray(_pca._cholesky_qr_pass(jnp.asarray(deficient)))).any()  # hence the fallback
+
+
 # ------------------------------------------------------------------------------------------------
 # N-LEEP: (a) LEEP on responsibilities, (b) EM and k-means from identical starts vs scikit-learn,
 # (c) the end-to-end score statistically over seeds.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsp_linalg
 from jax import lax
 
 from mspider_jax.metrics import _linalg as L
@@ -50,6 +51,27 @@ def _orthonormalize(a: jax.Array) -> jax.Array:
     """[M, b] -> orthonormal basis of its columns [M, b] (thin QR)."""
     q, _ = jnp.linalg.qr(a)
     return q
+
+
+def _cholesky_qr_pass(a: jax.Array) -> jax.Array:
+    """a·R⁻ᵀ with aᵀa = RRᵀ (Cholesky): orthonormal columns when aᵀa is well conditioned."""
+    r = jnp.linalg.cholesky(a.T @ a)
+    r_inverse = jsp_linalg.solve_triangular(r, jnp.eye(a.shape[1], dtype=a.dtype), lower=True)
+    return a @ r_inverse.T
+
+
+def orthonormalize_fast(a: jax.Array, tol: float = 1e-10) -> jax.Array:
+    """[M, b] -> an orthonormal basis of its columns' span [M, b], by two Cholesky-QR passes.
+
+    Two b×b Cholesky factorisations and [M, b]·[b, b] products instead of a Householder QR: 14 vs
+    33 ms at M = 2048, b = 144 in float64 on 2 CPU cores (the randomized PCA runs three). The first
+    pass is exact in the span and off in orthogonality by ~ε·cond(a)²; the second one repairs that.
+    When a is (numerically) rank-deficient, or the result is not orthonormal to `tol`, the Householder
+    QR is used instead (`_orthonormalize`), so the result is always a valid basis.
+    """
+    q = _cholesky_qr_pass(_cholesky_qr_pass(a))
+    error = jnp.max(jnp.abs(q.T @ q - jnp.eye(a.shape[1], dtype=a.dtype)))
+    return lax.cond(jnp.isfinite(error) & (error <= tol), lambda: q, lambda: _orthonormalize(a))
 
 
 def _start_block(key: jax.Array | None, dim: int, width: int, dtype: jnp.dtype) -> jax.Array:
@@ -137,7 +159,7 @@ def _randomized_components(
     for _ in range(num_iterations + 1):
         y = apply_z(q.astype(x.dtype))
         zty = L.to_high(_transposed_product(x, y)) - jnp.outer(mean, L.to_high(jnp.sum(y, axis=0)))  # Zᵀy, [D, b]
-        q = _orthonormalize(zty)
+        q = orthonormalize_fast(zty)
     b = L.to_high(apply_z(q.astype(x.dtype)))  # [N, b]
     theta, s = jnp.linalg.eigh(b.T @ b)
     theta, s = theta[::-1][:num_components], s[:, ::-1][:, :num_components]
