@@ -180,25 +180,24 @@ def _prepare_shared(
     return prepared
 
 
+def _is_subsampled(prepared: _Prepared, name: str, num_rows: int) -> bool:
+    """Whether input `name` with `num_rows` rows is cut to `prepared.rows` (the per-sample inputs:
+    every one with N rows except the source set)."""
+    return prepared.rows is not None and name != "source_features" and num_rows == prepared.n
+
+
 def _take_rows(prepared: _Prepared, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The rows `prepared.rows` of each per-sample input (all but source_features), gathered straight
-    into buffers the CPU backend adopts without a copy (`V.zero_copy_ready`)."""
-    if prepared.rows is None:
-        return arrays
-    out = dict(arrays)
-    for name, x in arrays.items():
-        if name != "source_features" and x.shape[0] == prepared.n:
-            out[name] = V.take_rows(x, prepared.rows)
-    return out
+    """The rows `prepared.rows` of each per-sample input, gathered straight into buffers the CPU
+    backend adopts without a copy (`V.zero_copy_ready`)."""
+    return {name: V.take_rows(x, prepared.rows) if _is_subsampled(prepared, name, x.shape[0]) else x
+            for name, x in arrays.items()}
 
 
 def planned_signature(spec: MetricSpec, prepared: _Prepared, signature: tuple) -> tuple:
     """The signature of one model's arrays as `_prepare_model` will return them, from the raw
     signature (callers that group models before loading them: the store grid)."""
     signature = spec.model_signature(signature, prepared.static["convention"])
-    if prepared.rows is None:
-        return signature
-    return tuple((name, ((len(prepared.rows), *shape[1:]) if name != "source_features" and shape[0] == prepared.n else shape), dtype)
+    return tuple((name, (len(prepared.rows), *shape[1:]) if _is_subsampled(prepared, name, shape[0]) else shape, dtype)
                  for name, shape, dtype in signature)
 
 
