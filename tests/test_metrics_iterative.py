@@ -483,7 +483,7 @@ def test_orthonormalize_fast_spans_the_same_space_and_falls_back_when_rank_defic
         q = np.asarray(_pca.orthonormalize_fast(jnp.asarray(a)))
         householder, r = np.linalg.qr(a)
         np.testing.assert_allclose(q, householder * np.sign(np.diag(r)), atol=1e-10)
-        assert np.isnan(np.asarray(_pca._cholesky_qr_pass(jnp.asarray(deficient)))).any()  # hence the fallback
+        assert np.isnan(np.asarray(_pca._cholesky_qr_rows_pass(jnp.asarray(deficient).T))).any()  # hence the fallback
 
 
 # ------------------------------------------------------------------------------------------------

@@ -81,6 +81,19 @@ def to_compute(x: jax.Array) -> jax.Array:
     return x.astype(compute_dtype(x))
 
 
+def row_major(a: jax.Array) -> jax.Array:
+    """`a` itself, materialised in its logical (row-major) layout on CPU.
+
+    XLA folds a transpose feeding a dot into the dot's dimension numbers. On CPU a product whose
+    narrow operand arrives transposed that way misses the fast (YNNPACK) kernel and can run 1.5-2x
+    slower (`_pca`, `class_sums`); the barrier keeps the transposed copy, which is cheap for a narrow
+    operand. Other backends get `a` unchanged.
+    """
+    if jax.default_backend() != "cpu":
+        return a
+    return lax.optimization_barrier(a)
+
+
 def mm(a: jax.Array, b: jax.Array) -> jax.Array:
     """`a @ b` at full precision of the operands' dtype (no TF32/bf16 passes on accelerators)."""
     return jnp.matmul(a, b, precision=HIGHEST)
