@@ -278,6 +278,27 @@ def _dead_unit_features(rng, n, d, c, label_strength):
     return (f + label_strength * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32), y
 
 
+def test_logme_float32_gram_guard_flags_labels_in_the_span_only():
+    import jax.numpy as jnp
+
+    from mspider_jax.metrics import _stats
+    from mspider_jax.metrics import logme as logme_lib
+
+    eps32 = float(np.finfo(np.float32).eps)
+    in_span = _dead_unit_features(np.random.default_rng(0), 5000, 1024, 30, label_strength=0.3)
+    ordinary = make_task(3000, 300, 12, 20, seed=4)
+    with L.precision_scope():
+        for (f, y), c, expected in ((in_span, 30, False), ((ordinary.features, ordinary.labels), 12, True)):
+            moments = _stats.moments(jnp.asarray(f), L.one_hot(jnp.asarray(y), c, jnp.float32))
+            _, lambdas = logme_lib._evidences_and_lambdas(moments, "eigh", None)
+            assert bool(logme_lib.gram_resolves(moments, lambdas, eps32)) is expected
+        # the refined default equals the float64 features' score on the flagged case
+        f, y = in_span
+        refined = M.score("logme", features=f, labels=y)
+    with jax.enable_x64(True):
+        assert refined == pytest.approx(M.score("logme", features=f.astype(np.float64), labels=y), rel=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["dense", "with_identity_reflectors", "with_zero_rows"])
 def test_tridiagonal_form_reproduces_the_matrix_and_its_spectrum(rng, kind):
     import jax.numpy as jnp
