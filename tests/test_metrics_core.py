@@ -278,6 +278,23 @@ def _dead_unit_features(rng, n, d, c, label_strength):
     return (f + label_strength * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32), y
 
 
+@pytest.mark.parametrize("seed", [0, 4])
+def test_logme_with_dead_units_matches_the_reference(seed):
+    # Exactly-zero feature columns (dead ReLU units): the reference's SVD keeps their null singular
+    # values (rounding noise > 1e-20), `eigh` returns exact zeros there; dropping them was 5 % off.
+    rng = np.random.default_rng(seed)
+    n, d, c = 1000, 128, 8
+    y = rng.integers(0, c, size=n)
+    f = np.maximum(rng.normal(size=(n, 32)) @ rng.normal(size=(32, d)) + 2.0 * np.eye(c)[y] @ rng.normal(size=(c, d)), 0.0)
+    f[:, :3] = 0.0
+    f = f.astype(np.float32)
+    expected = R.logme(f, np.eye(c)[y])
+    assert M.score("logme", features=f, labels=y) == pytest.approx(expected, rel=1e-5)
+    with jax.enable_x64(True):
+        assert M.score("logme", features=f.astype(np.float64), labels=y) == pytest.approx(expected, rel=1e-9)
+        assert M.score("logme", features=f.astype(np.float64), labels=y, decomposition="tridiagonal") == pytest.approx(expected, rel=1e-9)
+
+
 def test_logme_float32_gram_guard_flags_labels_in_the_span_only():
     import jax.numpy as jnp
 

@@ -5,9 +5,11 @@ Bayesian linear regression of each target column t on the (uncentred) features F
 w ~ N(0, α⁻¹I) and noise N(0, β⁻¹); α, β are set by the fixed-point iteration of the authors' code
 (`_fit_fixed_point`, "Ranking and Tuning" arXiv 2021), which both conventions follow (spec §4):
 
-  decomposition: N > D: eigh of FᵀF, σ_j = eigenvalues with √σ_j > 1e-10 kept (mask);
+  decomposition: N > D: eigh of FᵀF, σ_j = |eigenvalues| with √σ_j > 1e-10 kept (mask), the cutoff
+                 applied to max(σ_j, ε₆₄·σ_max) as the reference's SVD noise does (`_kept`);
                  N <= D: eigh of F Fᵀ (the thin SVD's U and σ = s²), all N kept;
-  per column:    x = U_kᵀ t, r0 = ‖t‖² − Σ x²; α = β = 1; at most 11 updates
+  per column:    x = U_kᵀ t, r0 = ‖t‖² − Σ x²; α = β = 1; at most 11 updates (evaluated through
+                 p = σx² = (v_jᵀFᵀt)², without dividing by σ: `_column_evidence`)
                    λ = α/β, γ = Σ σ/(σ+λ), m2 = Σ σ x²/(λ+σ)², res2 = Σ x²/(1+σ/λ)² + r0,
                    α = γ/(m2 + 1e-5), β = (N − γ)/(res2 + 1e-5), stop if |α/β − λ|/λ <= 1e-3;
   evidence:      [D/2 log α + N/2 log β − ½ Σ_kept log(α + βσ) − β/2 res2 − α/2 m2 − N/2 log 2π] / N
@@ -116,41 +118,64 @@ def _fixed_point_evidence(
 
 
 def _column_evidence(
-    sigma: jax.Array, keep: jax.Array, x2: jax.Array, r0: jax.Array, num_samples: Any, dim: int
+    sigma: jax.Array, keep: jax.Array, power: jax.Array, energy: jax.Array, num_samples: Any, dim: int
 ) -> jax.Array:
-    """(evidence, final λ = α/β) of one target column in the eigenbasis. sigma, keep, x2 = (U_kᵀt)² [k];
-    r0: scalar."""
+    """(evidence, final λ = α/β) of one target column in the eigenbasis.
+
+    sigma, keep [k]; power = (v_jᵀFᵀt)² = σ_j·x_j² [k] (x = U_kᵀt); energy = ‖t‖². The reference's
+    m2 = Σ σx²/(λ+σ)² and res2 = Σ x²/(1+σ/λ)² + (‖t‖² − Σx²) are evaluated as Σ p/(λ+σ)² and
+    ‖t‖² − Σ p(σ+2λ)/(σ+λ)² (the same sums): nothing is divided by σ, so a kept eigenvalue at the
+    rounding level (a dead ReLU unit, collinear features) adds ~p/λ² instead of its garbage x² =
+    noise/σ, and the result no longer depends on how the rounding fell (see `_evidences_eigh`).
+    """
     sigma_kept = jnp.where(keep, sigma, 0.0)
-    x2 = jnp.where(keep, x2, 0.0)
+    power = jnp.where(keep, power, 0.0)
 
     def fit_terms(lam):
-        m2 = jnp.sum(sigma_kept * x2 / (lam + sigma_kept) ** 2)
-        res2 = jnp.sum(x2 / (1.0 + sigma_kept / lam) ** 2) + r0
-        return m2, res2
+        m2 = jnp.sum(power / (lam + sigma_kept) ** 2)
+        explained = jnp.sum(power * (sigma_kept + 2.0 * lam) / (sigma_kept + lam) ** 2)
+        # a squared residual norm (>= 0); when t lies in the span of F it cancels to rounding
+        # noise, which must not turn negative (β < 0, NaN evidence)
+        return m2, jnp.maximum(energy - explained, 0.0)
 
     return _fixed_point_evidence(sigma, keep, fit_terms, num_samples, dim)[:2]
 
 
-def _evidences(sigma: jax.Array, keep: jax.Array, x: jax.Array, target_energy: jax.Array, n: Any, d: int) -> jax.Array:
-    """Evidence of every target column from the spectrum σ [k], the projections x = U_kᵀt [k, K] and
+def _evidences(sigma: jax.Array, keep: jax.Array, power: jax.Array, target_energy: jax.Array, n: Any, d: int) -> jax.Array:
+    """Evidence of every target column from the spectrum σ [k], the powers p = (v_jᵀFᵀt)² [k, K] and
     ‖t‖² [K] -> (evidences [K], final λ = α/β [K])."""
-    x2 = x**2
-    # ‖t‖² − ‖U_kᵀt‖² is a squared residual norm (>= 0); when t lies in the span of F it cancels to
-    # rounding noise, which must not turn negative (β < 0, NaN evidence).
-    r0 = jnp.maximum(target_energy - jnp.sum(x2, axis=0), 0.0)
     column = jax.vmap(_column_evidence, in_axes=(None, None, 1, 0, None, None))
-    return column(sigma, keep, x2, r0, n, d)
+    return column(sigma, keep, power, target_energy, n, d)
+
+
+def _kept(sigma: jax.Array) -> jax.Array:
+    """Which eigenvalues σ = |λ| [D] of FᵀF the evidence keeps, as the reference does.
+
+    The reference keeps s = √σ > 1e-10, with σ the singular values of FᵀF from a float64 SVD (with
+    vectors). For an exactly rank-deficient F (dead ReLU units, duplicated features) that SVD returns
+    rounding noise of order ε₆₄·σ_max, never exact zeros, so √noise > 1e-10 and it keeps every
+    dimension, while `eigh` can return exact zeros (or negative noise) there and dropping them moved
+    the evidence by ~½·log(α)/N each (5 % on a 3-dead-unit test, up to 0.02 on the mini zoo, and
+    differently on each CPU). So the cutoff is applied to max(σ, ε₆₄·σ_max): the same decision
+    whatever the rounding, and still the reference's 1e-10 for features of tiny scale.
+    """
+    noise_floor = jnp.finfo(jnp.float64).eps * jnp.max(sigma)
+    return jnp.sqrt(jnp.maximum(sigma, noise_floor)) > SINGULAR_VALUE_CUTOFF
 
 
 def _evidences_eigh(gram: jax.Array, cross: jax.Array, target_energy: jax.Array, n: Any) -> jax.Array:
-    """N > D (evidences, λ) [K] through the eigendecomposition of the Gram FᵀF [D, D] and Fᵀt [D, K]."""
+    """N > D (evidences, λ) [K] through the eigendecomposition of the Gram FᵀF [D, D] and Fᵀt [D, K].
+
+    σ = |eigenvalue|: the reference takes the *singular* values of FᵀF (an SVD), which are never
+    negative, so an eigenvalue at the rounding level (an exactly rank-deficient F: dead units) is kept
+    whatever its sign; clamping at 0 instead dropped about half of them, and each drop moves the
+    evidence by ~½·log(α)/N (up to 0.02 on the mini zoo's features, differently on each CPU).
+    """
     lam, vecs = L.eigh(gram)
-    sigma = jnp.maximum(lam, 0.0)
-    keep = jnp.sqrt(sigma) > SINGULAR_VALUE_CUTOFF
-    projected = vecs.T @ cross  # V_kᵀ Fᵀ t  [D, K]
-    x = projected / jnp.where(keep, jnp.sqrt(jnp.where(keep, sigma, 1.0)), 1.0)[:, None]
-    x = jnp.where(keep[:, None], x, 0.0)
-    return _evidences(sigma, keep, x, target_energy, n, gram.shape[0])
+    sigma = jnp.abs(lam)
+    keep = _kept(sigma)
+    power = (vecs.T @ cross) ** 2  # (V_kᵀ Fᵀ t)²  [D, K]
+    return _evidences(sigma, keep, power, target_energy, n, gram.shape[0])
 
 
 def _evidences_tridiagonal(
@@ -170,8 +195,8 @@ def _evidences_tridiagonal(
     """
     diagonal, off_diagonal, reflectors, taus = L.tridiagonalize(gram)
     rotated = L.tridiagonal_basis_transpose(reflectors, taus, L.to_high(cross))  # [D, K]
-    sigma = jnp.maximum(L.tridiagonal_eigenvalues(diagonal, off_diagonal, bisection_rtol), 0.0)
-    keep = jnp.sqrt(sigma) > SINGULAR_VALUE_CUTOFF
+    sigma = jnp.abs(L.tridiagonal_eigenvalues(diagonal, off_diagonal, bisection_rtol))  # as `_evidences_eigh`
+    keep = _kept(sigma)
     zero = jnp.zeros((1,), off_diagonal.dtype)
     below, above = jnp.concatenate([zero, off_diagonal]), jnp.concatenate([off_diagonal, zero])
 
@@ -257,7 +282,7 @@ def logme_evidences(features: jax.Array, targets: jax.Array, decomposition: str 
     sigma = jnp.maximum(lam, 0.0)
     keep = jnp.ones_like(sigma, dtype=bool)  # the thin SVD keeps all N singular values
     x = vecs.T @ targets_high  # U_kᵀ t  [N, K]
-    return _evidences(sigma, keep, x, jnp.sum(targets_high**2, axis=0), n, d)[0]
+    return _evidences(sigma, keep, sigma[:, None] * x**2, jnp.sum(targets_high**2, axis=0), n, d)[0]
 
 
 def _can_refine(dtype: Any) -> bool:
