@@ -256,7 +256,8 @@ def gram_resolves(moments: _stats.Moments, lambdas: jax.Array, gram_epsilon: flo
     perturbation is a small fraction of each weight; when labels (almost) lie in the span of the
     features λ falls towards 0 and the evidence is decided by eigenvalues below the rounding level.
     Measured: λ / (ε₃₂·tr) is 55-650 on the benchmark's synthetic tasks and 5e-9 on such a case,
-    where a float32 Gram's evidence is 5 % off the float64 reference (8 % before the σ-free form of `_column_evidence`; machine-dependent).
+    where a float32 Gram's evidence is 5 % off the float64 reference (8 % before the σ-free form
+    of `_column_evidence`; machine-dependent).
     """
     return jnp.min(lambdas) >= gram_epsilon * jnp.trace(moments.scatter)
 
