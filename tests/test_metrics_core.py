@@ -278,6 +278,34 @@ def _dead_unit_features(rng, n, d, c, label_strength):
     return (f + label_strength * np.eye(c)[y] @ rng.normal(size=(c, d))).astype(np.float32), y
 
 
+def _nearly_collinear_features():
+    # A feature pair 3e-4 apart carrying some label signal: Σ_f's smallest eigenvalue sits below a
+    # float32 scatter's rounding, so the pseudo-inverse of the float32 Gram is noise there.
+    rng = np.random.default_rng(1)
+    n, d, c = 1000, 64, 5
+    y = rng.integers(0, c, size=n)
+    f = rng.normal(size=(n, d)) + np.eye(c)[y] @ rng.normal(size=(c, d))
+    f[:, 1] = f[:, 0] + 3e-4 * rng.normal(size=n) + 3e-4 * (y == 2)
+    return f.astype(np.float32), y
+
+
+@pytest.mark.parametrize("name", ["hscore", "emms"])
+def test_float32_default_refines_an_unresolved_pseudo_inverse(name):
+    # The float32 Gram alone was 4.6e-4 (H-Score) and 6e-3 (EMMS) off the reference here.
+    f, y = _nearly_collinear_features()
+    expected = float(np.sum(R.hscore(f, y))) if name == "hscore" else R.emms(f, y)
+    assert M.score(name, features=f, labels=y) == pytest.approx(expected, rel=1e-7)
+    with L.precision_scope():
+        x = (f - f.mean(axis=0)).astype(np.float32)
+        gram32 = jax.numpy.asarray(x.T.astype(np.float32) @ x)
+        eps32 = float(np.finfo(np.float32).eps)
+        assert not bool(L.psd_solver_resolved(gram32, 1e-15, eps32)[1])
+        task = make_task(1000, 64, 5, 10, seed=1)
+        z = task.features - task.features.mean(axis=0)
+        assert bool(L.psd_solver_resolved(jax.numpy.asarray(z.T @ z), 1e-15, eps32)[1])
+        assert bool(L.psd_solver_resolved(gram32, 1e-15, None)[1])  # no rounding level: nothing to check
+
+
 @pytest.mark.parametrize("seed", [0, 4])
 def test_logme_with_dead_units_matches_the_reference(seed):
     # Exactly-zero feature columns (dead ReLU units): the reference's SVD keeps their null singular

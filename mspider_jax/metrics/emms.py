@@ -78,7 +78,30 @@ def emms(
 ) -> jax.Array:
     """EMMS of features [N, D] for labels [N] in 0..C-1 -> scalar <= 0 (larger is better)."""
     del convention, key  # the conventions coincide; deterministic
+    gram_epsilon = L.refinable_gram(L.compute_dtype(features))
+    score, resolved = _emms_resolved(features, labels, num_classes, label_embeddings, num_steps, gram_epsilon)
+    if gram_epsilon is None:
+        return score
+    # (F̂ᵀF̂)⁺ inverts eigenvalues below the float32 Gram's rounding (rank-deficient features: up to
+    # 4 % off on a mini-zoo PTM), and the weights it gives cancel beyond float32: redo it in float64.
+    return lax.cond(
+        resolved,
+        lambda: score,
+        lambda: _emms_resolved(L.to_high(features), labels, num_classes, label_embeddings, num_steps, None)[0],
+    )
+
+
+def _emms_resolved(
+    features: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    label_embeddings: jax.Array | None,
+    num_steps: int,
+    gram_epsilon: float | None,
+) -> tuple[jax.Array, jax.Array]:
+    """(EMMS, whether a Gram rounded at `gram_epsilon` resolves (F̂ᵀF̂)⁺; True for N <= D)."""
     n, d = features.shape
+    resolved = jnp.array(True)
     if label_embeddings is None:
         label_embeddings = jnp.eye(num_classes, dtype=L.high_dtype())[:, :, None]
     if label_embeddings.ndim != 3 or label_embeddings.shape[0] != num_classes:
@@ -90,7 +113,8 @@ def emms(
     dtype = f_hat.dtype
 
     if n > d:
-        solve = L.psd_solver(L.gram(f_hat), rtol=(_EPS64 * max(n, d)) ** 2)  # (F̂ᵀF̂)⁺, min-norm cutoff
+        # (F̂ᵀF̂)⁺, min-norm cutoff
+        solve, resolved = L.psd_solver_resolved(L.gram(f_hat), (_EPS64 * max(n, d)) ** 2, gram_epsilon)
         class_sums = L.to_high(L.class_sums(f_hat, labels, num_classes))  # S = YᵀF̂ [C, D]
 
         def fit(targets_by_class):  # [C, E] -> F̂W [N, E]
@@ -118,7 +142,7 @@ def emms(
     init = (jnp.full((k,), 1.0 / k, L.high_dtype()), jnp.zeros((n, e), L.high_dtype()))
     weights, fitted = lax.fori_loop(0, num_steps, step, init)
     residual = jnp.sum((fitted - (emb @ weights)[labels]) ** 2)
-    return -(residual / n * e)
+    return -(residual / n * e), resolved
 
 
 register(
