@@ -87,7 +87,7 @@ def row_major(a: jax.Array) -> jax.Array:
 
     XLA folds a transpose feeding a dot into the dot's dimension numbers. On CPU a product whose
     narrow operand arrives transposed that way misses the fast (YNNPACK) kernel and can run 1.5-2x
-    slower (`_pca`, `class_sums`); the barrier keeps the transposed copy, which is cheap for a narrow
+    slower (`_pca`); the barrier keeps the transposed copy, which is cheap for a narrow
     operand. Other backends get `a` unchanged.
     """
     if jax.default_backend() != "cpu":
@@ -369,9 +369,15 @@ def pinv_psd(a: jax.Array, rtol: float) -> jax.Array:
 def _inverse_spectrum(a: jax.Array, rtol: float) -> tuple[jax.Array, jax.Array]:
     """Eigenvectors [D, D] and pseudo-inverted eigenvalues [D] (0 at or below the cutoff `rtol`) of
     a symmetric a, in high_dtype(): pinv(a) = vecs · diag(inv_lam) · vecsᵀ."""
+    return _spectrum(a, rtol)[1:3]
+
+
+def _spectrum(a: jax.Array, rtol: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(eigenvalues [D], eigenvectors [D, D], pseudo-inverted eigenvalues [D], kept mask [D]) of a
+    symmetric a (see `_inverse_spectrum`)."""
     lam, vecs = eigh(a)
     keep = eig_cutoff_mask(lam, rtol)
-    return vecs, jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return lam, vecs, jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0), keep
 
 
 def _pinv_apply(vecs: jax.Array, inv_lam: jax.Array, b: jax.Array) -> jax.Array:
@@ -423,9 +429,7 @@ def psd_solver_resolved(
     a = 0.5 * (a + a.T)
     level = None if input_epsilon is None else GRAM_RESOLUTION_ULPS * input_epsilon
     if a.shape[0] < CHOLESKY_MIN_DIM:  # eigh is cheap here, and one branch compiles faster than two
-        lam, vecs = eigh(a)
-        keep = eig_cutoff_mask(lam, rtol)
-        inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+        lam, vecs, inv_lam, keep = _spectrum(a, rtol)
         top = jnp.max(jnp.abs(lam))
         resolved = jnp.array(True) if level is None else jnp.all(jnp.where(keep, lam >= level * top, True))
         return (lambda b: _pinv_apply(vecs, inv_lam, to_high(b))), resolved

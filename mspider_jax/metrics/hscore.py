@@ -78,7 +78,9 @@ def hscore(
         return score
     # Σ_f's pseudo-inverse reaches eigenvalues below the float32 scatter's rounding (rank-deficient
     # features): the score would be rounding noise, so the moments are recomputed in float64.
-    return jax.lax.cond(resolved, lambda: score, lambda: hscore_from_moments(_stats.moments(L.to_high(features), one_hot), rtol))
+    return jax.lax.cond(
+        resolved, lambda: score, lambda: hscore_from_moments(_stats.moments(L.to_high(features), one_hot), rtol)
+    )
 
 
 def hscore_streaming(stream: Any, *, num_classes: int, rtol: float = PINV_RTOL, **_: Any) -> jax.Array:

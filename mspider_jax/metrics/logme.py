@@ -119,7 +119,7 @@ def _fixed_point_evidence(
 
 def _column_evidence(
     sigma: jax.Array, keep: jax.Array, power: jax.Array, energy: jax.Array, num_samples: Any, dim: int
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """(evidence, final λ = α/β) of one target column in the eigenbasis.
 
     sigma, keep [k]; power = (v_jᵀFᵀt)² = σ_j·x_j² [k] (x = U_kᵀt); energy = ‖t‖². The reference's
@@ -141,7 +141,9 @@ def _column_evidence(
     return _fixed_point_evidence(sigma, keep, fit_terms, num_samples, dim)[:2]
 
 
-def _evidences(sigma: jax.Array, keep: jax.Array, power: jax.Array, target_energy: jax.Array, n: Any, d: int) -> jax.Array:
+def _evidences(
+    sigma: jax.Array, keep: jax.Array, power: jax.Array, target_energy: jax.Array, n: Any, d: int
+) -> tuple[jax.Array, jax.Array]:
     """Evidence of every target column from the spectrum σ [k], the powers p = (v_jᵀFᵀt)² [k, K] and
     ‖t‖² [K] -> (evidences [K], final λ = α/β [K])."""
     column = jax.vmap(_column_evidence, in_axes=(None, None, 1, 0, None, None))
@@ -163,7 +165,9 @@ def _kept(sigma: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.maximum(sigma, noise_floor)) > SINGULAR_VALUE_CUTOFF
 
 
-def _evidences_eigh(gram: jax.Array, cross: jax.Array, target_energy: jax.Array, n: Any) -> jax.Array:
+def _evidences_eigh(
+    gram: jax.Array, cross: jax.Array, target_energy: jax.Array, n: Any
+) -> tuple[jax.Array, jax.Array]:
     """N > D (evidences, λ) [K] through the eigendecomposition of the Gram FᵀF [D, D] and Fᵀt [D, K].
 
     σ = |eigenvalue|: the reference takes the *singular* values of FᵀF (an SVD), which are never
@@ -180,7 +184,7 @@ def _evidences_eigh(gram: jax.Array, cross: jax.Array, target_energy: jax.Array,
 
 def _evidences_tridiagonal(
     gram: jax.Array, cross: jax.Array, target_energy: jax.Array, n: Any, bisection_rtol: float | None = None
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The same evidences from the tridiagonal form FᵀF = Q T Qᵀ, without eigenvectors.
 
     With b = Fᵀt (b̃ = Qᵀb) and s = (T + λI)⁻¹b̃ (a tridiagonal solve):
@@ -188,8 +192,8 @@ def _evidences_tridiagonal(
     These sums also take the components of eigenvalues below the cutoff (σ <= 1e-20), which add at
     most (uᵀt)²·σ/λ² each; γ and the log-determinant use the kept eigenvalues, as in the eigh form.
 
-    Returns (evidences [K], trusted [K], final λ [K]). res2 is a difference, and the solve's rounding error in it is
-    about ε·(σ_max/λ)·‖t‖²: a column is trusted when (σ_max/λ)·‖t‖²/res2 <= 1e9 (error <~ 1e-7
+    Returns (evidences [K], trusted [K], final λ [K]). res2 is a difference, and the solve's rounding
+    error in it is about ε·(σ_max/λ)·‖t‖²: a column is trusted when (σ_max/λ)·‖t‖²/res2 <= 1e9 (error <~ 1e-7
     relative). Labels almost in the span of the features drive λ to 0 and break this (measured
     indicator 3e22 on such a test case, 1e6-2e7 on the benchmark's synthetic tasks).
     """
@@ -270,26 +274,20 @@ def logme_evidences(features: jax.Array, targets: jax.Array, decomposition: str 
     if n > d:
         moments = _stats.moments(features, targets)
         evidences, lambdas = _evidences_and_lambdas(moments, decomposition, _bisection_rtol(features.dtype))
-        if not _can_refine(features.dtype):
+        gram_epsilon = L.refinable_gram(features.dtype)
+        if gram_epsilon is None:
             return evidences
 
         def in_high_precision() -> jax.Array:
             return _evidences_and_lambdas(_stats.moments(L.to_high(features), targets), decomposition, None)[0]
 
-        resolved = gram_resolves(moments, lambdas, float(jnp.finfo(features.dtype).eps))
-        return lax.cond(resolved, lambda: evidences, in_high_precision)
+        return lax.cond(gram_resolves(moments, lambdas, gram_epsilon), lambda: evidences, in_high_precision)
     targets_high = L.to_high(targets)
     lam, vecs = L.eigh(L.uncentered_kernel(features))
     sigma = jnp.maximum(lam, 0.0)
     keep = jnp.ones_like(sigma, dtype=bool)  # the thin SVD keeps all N singular values
     x = vecs.T @ targets_high  # U_kᵀ t  [N, K]
     return _evidences(sigma, keep, sigma[:, None] * x**2, jnp.sum(targets_high**2, axis=0), n, d)[0]
-
-
-def _can_refine(dtype: Any) -> bool:
-    """Whether features of this dtype have a higher-precision Gram to fall back to (float32 on a
-    backend with float64)."""
-    return jnp.dtype(dtype) == jnp.float32 and L.high_dtype() == jnp.float64
 
 
 def _bisection_rtol(dtype: Any) -> float | None:
