@@ -248,8 +248,10 @@ def test_hscore_with_a_dead_unit_matches_pinv_reference(rng):
     assert M.score("hscore", features=f, labels=y) == pytest.approx(R.hscore(f, y), rel=1e-4)
 
 
-def test_symmetric_gram_blocks_match_one_product(rng):
-    x = rng.normal(size=(30, L.SYMMETRIC_MIN_DIM + 3)).astype(np.float32)  # uneven blocks
+@pytest.mark.parametrize("dim", [L.SYMMETRIC_MIN_DIM + 3, L.SYMMETRIC_MAX_BLOCKS * L.SYMMETRIC_MIN_BLOCK_WIDTH + 5])
+def test_symmetric_gram_blocks_match_one_product(rng, dim):
+    assert L.symmetric_blocks(dim) > 1  # the blocked path is the one under test (CPU)
+    x = rng.normal(size=(30, dim)).astype(np.float32)  # uneven blocks
     with L.precision_scope():
         out = np.asarray(jax.jit(L.gram)(x))
     x64 = x.astype(np.float64)
