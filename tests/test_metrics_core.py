@@ -257,6 +257,11 @@ def test_symmetric_gram_blocks_match_one_product(rng, dim):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(out, x64.T @ x64, atol=1e-5 * np.abs(x64.T @ x64).max())
     assert np.array_equal(out, out.T)
+    # score_zoo vmaps the blocked product over models: each slice must equal its own Gram.
+    with L.precision_scope():
+        batched = np.asarray(jax.jit(jax.vmap(L.gram))(np.stack([x, 2 * x])))
+    np.testing.assert_allclose(batched[0], out, rtol=1e-6, atol=1e-6 * np.abs(out).max())
+    np.testing.assert_allclose(batched[1], 4 * out, rtol=1e-6, atol=4e-6 * np.abs(out).max())
 
 
 def test_logme_when_labels_lie_in_the_feature_span():
