@@ -30,7 +30,7 @@ def test_class_prototypes_bad_input(labels, message):
 def test_class_prototypes_rejects_nan():
     features = np.ones((3, 2))
     features[1, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN or inf in 1 row.*first at row 1$"):
         class_prototypes(features, np.array([0, 1, 1]))
 
 

@@ -72,8 +72,11 @@ def class_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int 
     sums = np.zeros((num_classes, features.shape[1]), np.float64)
     for start in range(0, features.shape[0], chunk_size):
         block = np.asarray(features[start:start + chunk_size], np.float64)
-        if not np.isfinite(block).all():
-            raise ValueError(f"features contain NaN or inf (rows {start}..{start + len(block) - 1})")
+        finite_rows = np.isfinite(block).all(axis=1)
+        if not finite_rows.all():
+            bad = start + np.flatnonzero(~finite_rows)
+            raise ValueError(f"features contain NaN or inf in {len(bad)} row(s) of rows {start}.."
+                             f"{start + len(block) - 1}, the first at row {bad[0]}")
         np.add.at(sums, labels[start:start + chunk_size], block)
     counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
     if (counts == 0).any():
