@@ -21,6 +21,7 @@ from mspider_jax import evaluation as ev
 from mspider_jax import metrics
 from mspider_jax.benchmark import synthetic
 from mspider_jax.features import FeatureStore
+from mspider_jax.spider import coverage
 from mspider_jax.spider import inference
 
 SMOKE = "configs/benchmark_minizoo.py:smoke"
@@ -189,6 +190,14 @@ def test_smoke_benchmark_report_equals_the_evaluation_layer(smoke):
               if r["measure"] == "weighted_tau" and r["kind"] == "method"}
     assert passes == {**{m: 4.0 for m in SMOKE_METRICS}, "Model Spider (stage 1)": 1.0,
                       "Model Spider (k=3)": 4.0}
+    # Each target's coverage by the trained ranker's tasks (the reference training wrote).
+    reference = coverage.load_reference(workdir / "spider")
+    shown = report.split("## How close each target is to the ranker's training tasks")[1].split("\n## ")[0]
+    store = FeatureStore(paths["store"])
+    for dataset in datasets:
+        generic = store.read(dataset, "train", "generic")
+        value = inference.assess_coverage(reference, generic.features, generic.labels)
+        assert f"| {dataset} | {value.value:.3f} | {value.percentile:.0f} |" in shown
 
 
 def test_rerun_reads_the_cache_and_rescoring_follows_the_store(smoke, tmp_path):

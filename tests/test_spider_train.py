@@ -15,6 +15,7 @@ from flax import nnx
 from configs import spider_minizoo
 from mspider_jax import checkpointing
 from mspider_jax import sharding
+from mspider_jax.spider import coverage
 from mspider_jax.spider import data as data_lib
 from mspider_jax.spider import losses
 from mspider_jax.spider import model as model_lib
@@ -242,6 +243,11 @@ def test_smoke_run_end_to_end(smoke_process, zoo):
                                          loaded.model_names, np.zeros((3, 4)))
     stage1 = rank.score_tasks(ranker, targets, specific_length=loaded.model.specific_length)
     np.testing.assert_allclose(stage1, results["scores"]["Model Spider (stage 1)"], atol=1e-5)
+    # Beside best/: the coverage reference of every task it trained or validated on (train0..9).
+    reference = coverage.load_reference(workdir)
+    bank = {t.name: t for t in prototypes.load_prototype_bank(zoo["train_bank"])}
+    assert len(reference.task_coverage) == len(bank) == 10
+    assert all(reference.assess(task.generic).value == pytest.approx(1.0, abs=1e-6) for task in bank.values())
 
 
 def test_ensemble_seeds_train_members_on_shared_validation_and_evaluate_their_mean(zoo, tmp_path):

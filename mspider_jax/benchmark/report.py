@@ -285,6 +285,18 @@ def write_report(data, tables: Mapping[str, ev.Table], workdir: pathlib.Path,
               "task's images (every PTM for a metric; the generic encoder plus the re-ranked PTMs "
               "for Model Spider); extraction: their extraction time from the store manifests.", "",
               _cost_markdown(data, tables)]
+    if info.get("coverage"):
+        lines += ["## How close each target is to the ranker's training tasks", "",
+                  "Coverage (`spider.coverage`): mean over the target's classes of the largest cosine "
+                  "similarity of its generic prototype to a training task's. Outside: below the 5th "
+                  "percentile of the training tasks' own coverage by one another; stage 1 extrapolates "
+                  "there.", "",
+                  "| dataset | coverage | % of training tasks covered less | outside |",
+                  "|---|---:|---:|---|"]
+        for dataset, record in info["coverage"].items():
+            lines.append(f"| {dataset} | {record['value']:.3f} | {record['percentile']:.0f} | "
+                         f"{'yes' if record['outside'] else 'no'} |")
+        lines.append("")
     if data.skipped or data.errors:
         lines += ["## Not in the tables", ""]
         for name, reason in data.skipped.items():

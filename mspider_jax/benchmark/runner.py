@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -157,11 +158,11 @@ def export_ranker(run_dir: str | os.PathLike, export_dir: str | os.PathLike) -> 
     saved = checkpointing.save_ranker(export_dir, ranker, model_kwargs=meta["model"],
                                       model_names=list(meta["model_names"]), config=meta["config"],
                                       step=int(meta["step"]), extra_meta=extra)
-    prior = pathlib.Path(run_dir) / checkpointing.PRIOR_FILE
-    if prior.is_file():  # the run's source-affinity prior travels with it
-        import shutil
+    from mspider_jax.spider import coverage
 
-        shutil.copyfile(prior, pathlib.Path(export_dir) / checkpointing.PRIOR_FILE)
+    for extra_file in (checkpointing.PRIOR_FILE, coverage.COVERAGE_FILE):  # they travel with it
+        if (pathlib.Path(run_dir) / extra_file).is_file():
+            shutil.copyfile(pathlib.Path(run_dir) / extra_file, pathlib.Path(export_dir) / extra_file)
     return saved
 
 
@@ -169,7 +170,8 @@ def load_or_train_ranker(config: ml_collections.ConfigDict, workdir: pathlib.Pat
     """The ranker of `config.spider`: loaded from its checkpoint, or trained into workdir/spider.
 
     Returns:
-      (ranker, the run's config with model_names, {"source": ..., "training_seconds": ...}).
+      (ranker, the run's config with model_names, {"source": ..., "directory": its checkpoint
+      directory, "training_seconds": ...}).
     """
     from mspider_jax import checkpointing
 
@@ -182,6 +184,7 @@ def load_or_train_ranker(config: ml_collections.ConfigDict, workdir: pathlib.Pat
                 "--config.spider.retrain=True)")
         ranker, run_config = checkpointing.load_ranker(spider.checkpoint)
         info["source"] = f"checkpoint {spider.checkpoint}"
+        info["directory"] = str(spider.checkpoint)
         return ranker, run_config, info
     from mspider_jax.spider import train_lib
 
@@ -192,6 +195,7 @@ def load_or_train_ranker(config: ml_collections.ConfigDict, workdir: pathlib.Pat
     train_lib.train_and_evaluate(train_config, run_dir)
     info["training_seconds"] = time.time() - start
     info["source"] = f"trained in {run_dir}"
+    info["directory"] = str(run_dir)
     ranker, run_config = checkpointing.load_ranker(run_dir)
     if spider.export:
         export_ranker(run_dir, spider.export)
@@ -255,6 +259,25 @@ def rank_targets(ranker, run_config, store, datasets: Sequence[str], *, split: s
     costs = {name: MethodCost(np.asarray(seconds[name]), np.asarray(passes[name], float),
                               np.asarray(extraction[name])) for name in rows}
     return scores, costs
+
+
+def target_coverage(checkpoint_dir: str | os.PathLike, run_config, store, datasets: Sequence[str], *,
+                    split: str) -> dict[str, dict] | None:
+    """{dataset: `spider.coverage.Coverage.record()`} of every target by the ranker's training tasks,
+    or None when the ranker has no coverage reference."""
+    from mspider_jax.spider import coverage as coverage_lib
+    from mspider_jax.spider import inference
+
+    reference = coverage_lib.load_reference(checkpoint_dir)
+    if reference is None:
+        return None
+    generic_model = run_config.data.get("generic_model", "generic")
+    records = {}
+    for dataset in datasets:
+        entry = store.read(dataset, split, generic_model)
+        records[dataset] = inference.assess_coverage(reference, np.asarray(entry.features),
+                                                     np.asarray(entry.labels)).record()
+    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,6 +345,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                            f"Model Spider{with_prior}: stage 1, then its top-{rerank_k} re-scored with their own "
                            "prototypes")
 
+    coverage = target_coverage(ranker_info["directory"], run_config, store, datasets, split=config.split)
     priors = {}
     if config.prior_ground_truth.path:
         _, prior_truth = read_truth(config.prior_ground_truth, models)
@@ -336,7 +360,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         cache_dir=cache_dir, metric_scores_computed=metric_result.computed,
         metric_calls=metric_result.calls, jax_backend=jax.default_backend(),
         jax_devices=len(jax.devices()), version=mspider_jax.__version__,
-        created=time.strftime("%Y-%m-%d %H:%M:%S"))
+        created=time.strftime("%Y-%m-%d %H:%M:%S"), coverage=coverage)
     return BenchmarkData(datasets, models, truth, scores, costs, priors, notes,
                          dict(metric_result.skipped), errors, info)
 

@@ -59,7 +59,10 @@ def _evaluate(path: str, dataset: str, ranking) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from mspider_jax import checkpointing
+    from mspider_jax.spider import coverage as coverage_lib
     from mspider_jax.spider import inference, task_sources
 
     if args.rerank_k is not None and args.rerank_k < 0:
@@ -95,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
                                       specific_length=int(config.model.specific_length), k=k,
                                       fetch_features=task.fetch)
     cost = task_sources.estimate_cost(task, ranking)
+    reference = coverage_lib.load_reference(args.checkpoint)
+    coverage = (inference.assess_coverage(reference, task.generic, task.labels)
+                if reference is not None else None)
     evaluation = _evaluate(args.ground_truth, truth_dataset, ranking) if args.ground_truth else None
     if args.json:
         record = {"task": task.name, "split": args.split, **inference.ranking_record(ranking),
@@ -104,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             record["dataset"] = args.dataset
         if evaluation is not None:
             record["evaluation"] = evaluation
+        if coverage is not None:
+            record["coverage"] = coverage.record()
         print(json.dumps(record, indent=1))
         return 0
     print(f"task: {task.name}")
@@ -113,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(names[m] for m in ranking.enriched))
     if cost.describe():
         print(cost.describe())
+    if coverage is not None:
+        print(coverage.describe(class_names=np.unique(task.labels).tolist()))
     if evaluation is not None:
         print(f"against the ground truth of {evaluation['dataset']} ({evaluation['num_models']} "
               f"PTMs): weighted tau {evaluation['weighted_tau']:.4f}, top-1 hit "

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mspider_jax.spider import coverage as coverage_lib
 from mspider_jax.spider import data as data_lib
 from mspider_jax.spider import model as model_lib
 from mspider_jax.spider import prototypes as prototypes_lib
@@ -116,6 +117,20 @@ def rank_features(ranker: model_lib.Ranker, model_names: Sequence[str], generic_
     return rank_lib.rank_task(ranker, model_names, generic_prototypes,
                               specific_length=specific_length, k=k,
                               model_prototypes=model_prototypes if fetch_features else None)
+
+
+def assess_coverage(reference: coverage_lib.CoverageReference, generic_features: Any,
+                    labels: Any) -> coverage_lib.Coverage:
+    """How close a task is to the ranker's training tasks (`spider.coverage`).
+
+    Args:
+      reference: the ranker's `coverage.CoverageReference` (`coverage.load_reference(checkpoint)`).
+      generic_features: [N, Dg] the task's generic features, as given to `rank_features`.
+      labels: [N] integer class ids; `Coverage.per_class` follows their sorted order.
+    """
+    ids, num_classes = _class_ids(labels)
+    generic_prototypes, _ = prototypes_lib.class_prototypes(np.asarray(generic_features), ids, num_classes)
+    return reference.assess(generic_prototypes)
 
 
 def rank_store_task(checkpoint: str | os.PathLike, store: data_lib.FeatureSource | str,

@@ -47,6 +47,7 @@ from flax import nnx
 
 from mspider_jax import checkpointing
 from mspider_jax import sharding
+from mspider_jax.spider import coverage as coverage_lib
 from mspider_jax.spider import data as data_lib
 from mspider_jax.spider import evaluate as evaluate_lib
 from mspider_jax.spider import losses as losses_lib
@@ -439,6 +440,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     best.close()
     training_seconds = time.time() - started
     logging.info("Training done in %s.", _format_seconds(training_seconds))
+    if is_main:  # lets `mspider rank` say whether a new task looks like these (spider.coverage)
+        coverage_lib.write_reference(workdir, data.train.tasks + data.val.tasks)
     if config.prior.get("source_affinity_weight", 0.0) > 0 and is_main:
         fit_source_affinity_prior(config, workdir, data, scoring)
     if data.targets is None:
