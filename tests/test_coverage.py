@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mspider_jax import checkpointing
 from mspider_jax import cli
 from mspider_jax.features import FeatureStore
 from mspider_jax.spider import coverage
+from mspider_jax.spider import ensemble
 from mspider_jax.spider import inference
 from mspider_jax.spider import model as model_lib
 from mspider_jax.spider import prototypes
@@ -141,11 +143,12 @@ def test_rank_cli_reports_the_coverage_of_the_task(tmp_path, capsys):
     assert "coverage" not in json.loads(capsys.readouterr().out)  # a run without a reference
 
     training = [rng.random((3, generic_dim)) for _ in range(5)]
-    coverage.CoverageReference.from_prototypes(training).save(run / coverage.COVERAGE_FILE)
+    expected_reference = coverage.CoverageReference.from_prototypes(training)
+    expected_reference.save(run / coverage.COVERAGE_FILE)
     assert cli.main(argv + ["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)["coverage"]
     means = np.stack([generic[labels == c].mean(0) for c in (2, 4, 9)])
-    expected = coverage.CoverageReference.from_prototypes(training).assess(means)
+    expected = expected_reference.assess(means)
     assert printed["value"] == pytest.approx(expected.value, rel=1e-6)
     np.testing.assert_allclose(printed["per_class"], expected.per_class, rtol=1e-6)
     assert printed["outside"] == expected.outside
@@ -154,3 +157,8 @@ def test_rank_cli_reports_the_coverage_of_the_task(tmp_path, capsys):
     # The API behind it gives the same.
     assert inference.assess_coverage(coverage.load_reference(run), generic, labels).value == \
         pytest.approx(expected.value, rel=1e-6)
+    # An ensemble of runs uses its first member's reference (the members share their tasks).
+    shutil.copytree(run / checkpointing.BEST_DIR, tmp_path / "run2" / checkpointing.BEST_DIR)
+    ensemble.write_ensemble(tmp_path / "ensemble", [run, tmp_path / "run2"])
+    np.testing.assert_array_equal(coverage.load_reference(tmp_path / "ensemble").task_coverage,
+                                  expected_reference.task_coverage)
