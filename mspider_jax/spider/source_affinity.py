@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mspider_jax.evaluation.measures import weighted_tau
+from mspider_jax.spider import coverage
 
 
 def max_cosine_affinity(task_prototypes: np.ndarray, source_prototypes: np.ndarray) -> float:
@@ -45,15 +46,10 @@ def max_cosine_affinity(task_prototypes: np.ndarray, source_prototypes: np.ndarr
       task_prototypes: [C, D] the task's class prototypes.
       source_prototypes: [S, D] the source's class prototypes.
     """
-    task = np.asarray(task_prototypes, np.float64)
-    source = np.asarray(source_prototypes, np.float64)
+    task, source = np.asarray(task_prototypes), np.asarray(source_prototypes)
     if task.ndim != 2 or source.ndim != 2 or task.shape[1] != source.shape[1]:
         raise ValueError(f"prototypes must be [C, D] and [S, D] with the same D, got {task.shape} and {source.shape}")
-    norms = np.linalg.norm(task, axis=1, keepdims=True), np.linalg.norm(source, axis=1, keepdims=True)
-    if not (np.all(norms[0] > 0) and np.all(norms[1] > 0)):
-        raise ValueError("a prototype is zero: its cosine similarity is undefined")
-    cosine = (task / norms[0]) @ (source / norms[1]).T
-    return float(cosine.max(axis=1).mean())
+    return float(coverage.class_coverage(task, source).mean())
 
 
 def affinity_scores(task_prototypes: np.ndarray, model_sources: Sequence[str],
